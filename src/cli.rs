@@ -1,0 +1,106 @@
+//! Command line: `kmirror run | validate | plan | offsets`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// kmirror: mirror Kafka topics from one cluster to another.
+#[derive(Debug, Parser)]
+#[command(name = "kmirror", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr; `RUST_LOG` sets the filter (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Output format of reporting commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text for people.
+    Text,
+    /// JSON for scripts.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mirror until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check the configuration file; with --connect also reach both clusters.
+    Validate {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also reach both clusters (metadata, cluster id, broker count).
+        #[arg(long)]
+        connect: bool,
+        /// How long to wait for each cluster with --connect.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Dry run: topics to mirror, target names, partitions, config changes.
+    Plan {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Consumer offsets on the target: translate, apply (failover).
+    Offsets {
+        /// What to do with offsets.
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
+}
+
+/// `kmirror offsets ...`.
+#[derive(Debug, Subcommand)]
+pub enum OffsetsCommand {
+    /// Print the translated target offsets of a group.
+    Translate {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The consumer group.
+        #[arg(long)]
+        group: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Failover: write the translated offsets to the group on the target.
+    Apply {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The consumer group.
+        #[arg(long)]
+        group: String,
+        /// Print what would be written, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
+}

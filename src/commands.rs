@@ -1,0 +1,122 @@
+//! The CLI verbs. Each returns the process exit code: 0 success, 2 bad
+//! configuration or usage, 1 runtime failure.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cli::Command;
+use crate::config::{self, Config};
+use crate::kafka;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: runtime failure (a cluster unreachable, a task failed).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: bad configuration or usage.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Runs one command.
+pub fn dispatch(cmd: Command) -> u8 {
+    match cmd {
+        Command::Validate {
+            config,
+            connect,
+            timeout,
+        } => validate(&config, connect, timeout),
+        Command::Run { .. } => not_built("run", "the replication flow"),
+        Command::Plan { .. } => not_built("plan", "the config-sync dry run"),
+        Command::Offsets { .. } => not_built("offsets", "offset translation and failover"),
+    }
+}
+
+fn not_built(verb: &str, what: &str) -> u8 {
+    eprintln!("kmirror {verb}: not built yet ({what} is not implemented in this version); nothing was done");
+    EXIT_FAILURE
+}
+
+/// Loads a config or prints every problem; `Err` holds the exit code.
+pub fn load_or_report(path: &Path) -> Result<Config, u8> {
+    config::load(path).map_err(|e| {
+        eprint!("{e}");
+        EXIT_CONFIG
+    })
+}
+
+/// A short human summary of a valid configuration (no secrets).
+pub fn summary(c: &Config) -> String {
+    let mut s = String::new();
+    let cl = |role: &str, cc: &config::ClusterConfig| {
+        let props = cc.properties.redacted();
+        let props = if props.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  properties: {}",
+                props
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        format!("  {role} {:<12} {}{props}\n", cc.alias, cc.bootstrap_servers)
+    };
+    s.push_str(&cl("source", &c.source));
+    s.push_str(&cl("target", &c.target));
+    if !c.http.listen.is_empty() {
+        s.push_str(&format!("  http   {}\n", c.http.listen));
+    }
+    s.push_str(&format!("  {} flow(s):\n", c.flows.len()));
+    for f in &c.flows {
+        s.push_str(&format!(
+            "    {}: topics {:?}{} -> \"{}\", {}, group {}\n",
+            f.name,
+            f.topics,
+            if f.topics_exclude.is_empty() {
+                String::new()
+            } else {
+                format!(" except {:?}", f.topics_exclude)
+            },
+            f.rename,
+            f.delivery,
+            f.group_id(&c.source.alias, &c.target.alias)
+        ));
+    }
+    s
+}
+
+fn validate(path: &Path, connect: bool, timeout: Duration) -> u8 {
+    let c = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("{}: ok", path.display());
+    print!("{}", summary(&c));
+    if !connect {
+        return EXIT_OK;
+    }
+    let mut ok = true;
+    for (role, cl) in [("source", &c.source), ("target", &c.target)] {
+        match kafka::probe(cl, timeout) {
+            Ok(info) => println!(
+                "  {role} {}: reachable, cluster id {}, {} broker(s), {} topic(s)",
+                cl.alias,
+                info.cluster_id.as_deref().unwrap_or("(none reported)"),
+                info.brokers,
+                info.topics
+            ),
+            Err(why) => {
+                ok = false;
+                println!(
+                    "  {role} {}: UNREACHABLE at {}: {why}",
+                    cl.alias, cl.bootstrap_servers
+                );
+            }
+        }
+    }
+    if ok {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
+}

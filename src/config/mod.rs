@@ -1,0 +1,462 @@
+//! Typed configuration: the TOML file an operator writes.
+//!
+//! Loading is three steps, see [`load`]:
+//! 1. [`check`] walks the parsed document with its source positions and
+//!    reports every structural problem (unknown key, wrong type, unset
+//!    `${VAR}`) with its line;
+//! 2. serde builds the typed [`Config`] below (`deny_unknown_fields`, named
+//!    defaults) and `${VAR}` references are replaced from the environment;
+//! 3. [`validate`] applies the cross-field rules (regexes, rename template,
+//!    duplicate names, target-topic collisions, aliases, clashing properties).
+//!
+//! All problems of all steps are reported together, each naming the file,
+//! the line and the key.
+
+pub mod check;
+pub mod env;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub use check::Problem;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The cluster records are read from.
+    pub source: ClusterConfig,
+    /// The cluster records are written to.
+    pub target: ClusterConfig,
+    /// The HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Process-wide settings: shutdown deadline, static membership, memory bounds.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The replication flows, one `[[flow]]` table each.
+    #[serde(rename = "flow")]
+    pub flows: Vec<FlowConfig>,
+}
+
+/// One Kafka cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Short name of the cluster: prefixes mirrored topics (`{source}`),
+    /// names internal topics and labels metrics.
+    pub alias: String,
+    /// Comma-separated `host:port` list used to reach the cluster.
+    pub bootstrap_servers: String,
+    /// librdkafka properties passed through verbatim (TLS, SASL, timeouts).
+    /// Values may hold `${VAR}`; secret values are masked in every output.
+    #[serde(default)]
+    pub properties: Properties,
+}
+
+/// `[http]`: where the metrics and health endpoints listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on; `""` disables the HTTP server.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".to_string()
+}
+
+/// `[runtime]`: settings of the process rather than of one flow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// How long a graceful stop (SIGINT/SIGTERM) may take to flush and
+    /// commit before the remaining tasks are aborted.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+    /// Static group membership (`group.instance.id`): a stable name per
+    /// process lets a restarted process take its partitions back at once
+    /// instead of after the session timeout. Empty = dynamic membership.
+    #[serde(default)]
+    pub group_instance_id: String,
+    /// Upper bound of records fetched ahead from the source and not yet
+    /// handed to the producer, in KiB (librdkafka `queued.max.messages.kbytes`).
+    #[serde(default = "default_consumer_queue_kbytes")]
+    pub consumer_queue_kbytes: u64,
+    /// Upper bound of records handed to the producer and not yet
+    /// acknowledged by the target, in KiB (`queue.buffering.max.kbytes`).
+    #[serde(default = "default_producer_queue_kbytes")]
+    pub producer_queue_kbytes: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: default_shutdown_timeout(),
+            group_instance_id: String::new(),
+            consumer_queue_kbytes: default_consumer_queue_kbytes(),
+            producer_queue_kbytes: default_producer_queue_kbytes(),
+        }
+    }
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_consumer_queue_kbytes() -> u64 {
+    16 * 1024
+}
+fn default_producer_queue_kbytes() -> u64 {
+    32 * 1024
+}
+
+/// How each source record is delivered to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Every record lands at least once; a crash may repeat the records
+    /// that were written but not yet committed.
+    AtLeastOnce,
+    /// Every record lands exactly once, across crashes and restarts, without
+    /// broker transactions: the resume position is derived from the target.
+    ExactlyOnce,
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::ExactlyOnce => "exactly-once",
+        })
+    }
+}
+
+/// Compression codec of the target producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression added.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka `compression.type` value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// One `[[flow]]`: a set of source topics mirrored with one policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Unique name: labels metrics and names the source consumer group
+    /// `kmirror.<source>.<target>.<flow>`.
+    pub name: String,
+    /// Regexes of source topics to mirror, each matched against the whole name.
+    pub topics: Vec<String>,
+    /// Regexes of source topics never to mirror (win over `topics`).
+    #[serde(default)]
+    pub topics_exclude: Vec<String>,
+    /// Target topic name template: `{source}` is the source alias, `{topic}`
+    /// the source topic. Must contain `{topic}`.
+    #[serde(default = "default_rename")]
+    pub rename: String,
+    /// Regexes of consumer groups whose offsets are checkpointed.
+    #[serde(default = "default_groups")]
+    pub groups: Vec<String>,
+    /// Regexes of consumer groups never checkpointed.
+    #[serde(default = "default_groups_exclude")]
+    pub groups_exclude: Vec<String>,
+    /// `at-least-once` (default) or `exactly-once`.
+    #[serde(default = "default_delivery")]
+    pub delivery: Delivery,
+    /// Copy explicitly set topic configs from source to target.
+    #[serde(default = "yes")]
+    pub sync_topic_configs: bool,
+    /// Extra regexes of topic property names never copied.
+    #[serde(default)]
+    pub config_exclude: Vec<String>,
+    /// Raise the target partition count when the source grows.
+    #[serde(default = "yes")]
+    pub sync_partitions: bool,
+    /// Copy topic ALLOW ACLs (MM2's rule: WRITE dropped, ALL becomes READ).
+    #[serde(default = "yes")]
+    pub sync_topic_acls: bool,
+    /// Replication factor of topics kmirror creates; -1 = the target's default.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Codec of the target producer.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Add a `kmirror-source` header naming the source alias, and skip
+    /// source records whose header names this direction's target alias.
+    /// Needed for identity renaming in an active-active pair.
+    #[serde(default)]
+    pub provenance_header: bool,
+    /// Write translated offsets into idle consumer groups on the target.
+    #[serde(default)]
+    pub sync_group_offsets: bool,
+    /// How often source topics are listed to find new ones.
+    #[serde(default = "default_refresh", deserialize_with = "de_duration")]
+    pub refresh_topics_interval: Duration,
+    /// How often topic configs, partitions and ACLs are synced.
+    #[serde(default = "default_sync_configs", deserialize_with = "de_duration")]
+    pub sync_configs_interval: Duration,
+    /// How often consumer group offsets are checkpointed.
+    #[serde(default = "default_checkpoint", deserialize_with = "de_duration")]
+    pub checkpoint_interval: Duration,
+    /// How often a heartbeat record is written to `heartbeats` on the target.
+    #[serde(default = "default_heartbeat", deserialize_with = "de_duration")]
+    pub heartbeat_interval: Duration,
+}
+
+fn default_rename() -> String {
+    "{source}.{topic}".to_string()
+}
+fn default_groups() -> Vec<String> {
+    vec![".*".to_string()]
+}
+fn default_groups_exclude() -> Vec<String> {
+    vec![
+        "console-consumer-.*".to_string(),
+        "connect-.*".to_string(),
+        "__.*".to_string(),
+    ]
+}
+fn default_delivery() -> Delivery {
+    Delivery::AtLeastOnce
+}
+fn yes() -> bool {
+    true
+}
+fn default_replication_factor() -> i32 {
+    -1
+}
+fn default_compression() -> Compression {
+    Compression::None
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_sync_configs() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_checkpoint() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Parses a humantime duration such as `"10s"` or `"1m 30s"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. \"10s\", \"500ms\", \"1m\")"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_string());
+    }
+    Ok(d)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// librdkafka properties of one cluster. Values of secret-looking keys are
+/// masked by `Debug` and by [`Properties::redacted`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Properties(pub BTreeMap<String, String>);
+
+/// Substrings of property names whose values are secrets.
+pub const SECRET_MARKERS: &[&str] = &["password", "secret", "sasl.jaas.config", "ssl.key"];
+
+/// True when a property's value must never be shown.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    SECRET_MARKERS.iter().any(|m| k.contains(m))
+}
+
+/// The text shown instead of a secret value.
+pub const MASK: &str = "******";
+
+impl Properties {
+    /// Iterates over (key, value) pairs, values in clear.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Key/value pairs with secret values replaced by [`MASK`].
+    pub fn redacted(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_key(k) { MASK.to_string() } else { v.clone() };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, toml::Value>::deserialize(d)?;
+        let mut out = BTreeMap::new();
+        for (k, v) in raw {
+            let s = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => {
+                    return Err(serde::de::Error::custom(format!(
+                        "property {k:?} must be a string, integer or boolean"
+                    )))
+                }
+            };
+            out.insert(k, s);
+        }
+        Ok(Properties(out))
+    }
+}
+
+impl FlowConfig {
+    /// The source consumer group of this flow.
+    pub fn group_id(&self, source: &str, target: &str) -> String {
+        format!("kmirror.{source}.{target}.{}", self.name)
+    }
+}
+
+/// A configuration file that could not be loaded: every problem found.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// All problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {} problem{} found",
+            self.path.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {}", p.display(&self.path))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, checks, interpolates and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        problems: vec![Problem::new(None, "", format!("cannot read the file: {e}"))],
+    })?;
+    load_str(path, &text, &env::process_env)
+}
+
+/// Like [`load`], from text; `lookup` resolves `${VAR}`.
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let checked = check::check(text, lookup);
+    let mut problems = checked.problems;
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        return Err(fail(problems));
+    }
+    let mut config: Config = match toml::from_str(text) {
+        Ok(c) => c,
+        Err(e) => {
+            let line = e.span().map(|s| check::line_of(text, s.start));
+            return Err(fail(vec![Problem::new(line, "", e.message().to_string())]));
+        }
+    };
+    if let Err(errs) = env::interpolate_config(&mut config, lookup) {
+        // check() already reported unset variables with their lines; this is
+        // only reached if the two disagree.
+        return Err(fail(errs.into_iter().map(|m| Problem::new(None, "", m)).collect()));
+    }
+    validate::validate(&config, &checked.lines, &mut problems);
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        return Err(fail(problems));
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_secrets() {
+        let mut p = BTreeMap::new();
+        p.insert("sasl.password".to_string(), "hunter2".to_string());
+        p.insert("ssl.key.pem".to_string(), "PRIVATE".to_string());
+        p.insert("sasl.username".to_string(), "alice".to_string());
+        let props = Properties(p);
+        let dbg = format!("{props:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(!dbg.contains("PRIVATE"), "{dbg}");
+        assert!(dbg.contains("alice"), "{dbg}");
+        assert!(dbg.contains(MASK));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

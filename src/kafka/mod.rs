@@ -1,0 +1,164 @@
+//! Kafka clients: the one place where cluster settings become librdkafka
+//! settings, the client context that routes librdkafka's logs and errors to
+//! `tracing`, and a reachability probe.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+
+use crate::config::{ClusterConfig, RuntimeConfig};
+
+/// Which client a configuration is for; decides the defaults kmirror sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Admin and metadata requests.
+    Admin,
+    /// The source consumer of a flow.
+    Consumer,
+    /// The target producer of a flow.
+    Producer,
+}
+
+/// Builds the librdkafka configuration of a client of `cluster`.
+///
+/// Order: kmirror's defaults, then the user's `properties` (which may tune
+/// anything not reserved, see `config::validate::RESERVED_PROPERTIES`),
+/// then the settings a guarantee depends on.
+pub fn client_config(cluster: &ClusterConfig, role: Role, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("client.id", client_id);
+    c.set("log_level", "6");
+    match role {
+        Role::Admin => {}
+        Role::Consumer => {
+            // librdkafka's 1 s backoff after a full local queue halves a
+            // back-pressured pipe; fetch again as soon as there is room.
+            c.set("fetch.queue.backoff.ms", "1");
+            c.set("fetch.wait.max.ms", "100");
+            c.set("auto.offset.reset", "earliest");
+            c.set("session.timeout.ms", "45000");
+        }
+        Role::Producer => {
+            c.set("linger.ms", "5");
+            c.set("batch.size", "1000000");
+            // Retry forever: a refused or timed-out record must never be
+            // dropped; the flow stops the partition on permanent errors.
+            c.set("message.timeout.ms", "0");
+        }
+    }
+    for (k, v) in cluster.properties.iter() {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", cluster.bootstrap_servers.trim());
+    c
+}
+
+/// Adds the settings of a flow's source consumer that kmirror owns.
+pub fn apply_consumer_owned(c: &mut ClientConfig, group: &str, runtime: &RuntimeConfig) {
+    c.set("group.id", group);
+    c.set("enable.auto.commit", "true");
+    c.set("auto.commit.interval.ms", "1000");
+    c.set("enable.auto.offset.store", "false");
+    c.set("enable.partition.eof", "false");
+    c.set("isolation.level", "read_committed");
+    c.set("partition.assignment.strategy", "cooperative-sticky");
+    c.set(
+        "queued.max.messages.kbytes",
+        runtime.consumer_queue_kbytes.to_string(),
+    );
+    if !runtime.group_instance_id.is_empty() {
+        c.set("group.instance.id", &runtime.group_instance_id);
+    }
+}
+
+/// Adds the settings of a flow's target producer that kmirror owns.
+pub fn apply_producer_owned(c: &mut ClientConfig, compression: &str, runtime: &RuntimeConfig) {
+    c.set("enable.idempotence", "true");
+    c.set("acks", "all");
+    c.set("compression.type", compression);
+    c.set(
+        "queue.buffering.max.kbytes",
+        runtime.producer_queue_kbytes.to_string(),
+    );
+}
+
+/// Client context shared by kmirror's clients: librdkafka logs go to
+/// `tracing` (target `librdkafka`) and the last error is kept so that a
+/// failed request can say why.
+#[derive(Default)]
+pub struct KContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl KContext {
+    /// The last error librdkafka reported on this client, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+impl ClientContext for KContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility = fac, "{msg}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{msg}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility = fac, "{msg}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{msg}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, "{reason}");
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = Some(reason.to_string());
+        }
+    }
+}
+
+impl ConsumerContext for KContext {}
+
+/// What a reachability probe found.
+#[derive(Debug, Clone)]
+pub struct ClusterInfo {
+    /// Cluster id reported by the brokers, when they report one.
+    pub cluster_id: Option<String>,
+    /// Number of brokers in the metadata.
+    pub brokers: usize,
+    /// Number of topics in the metadata.
+    pub topics: usize,
+}
+
+/// Reaches a cluster with a metadata request. The error says why it failed
+/// (the client's own last error when librdkafka has one).
+pub fn probe(cluster: &ClusterConfig, timeout: Duration) -> Result<ClusterInfo, String> {
+    let cfg = client_config(cluster, Role::Admin, "kmirror-probe");
+    let consumer: BaseConsumer<KContext> = cfg
+        .create_with_context(KContext::default())
+        .map_err(|e| format!("cannot create a client: {e}"))?;
+    match consumer.client().fetch_metadata(None, timeout) {
+        Ok(md) => {
+            let cluster_id = consumer.client().fetch_cluster_id(timeout);
+            Ok(ClusterInfo {
+                cluster_id,
+                brokers: md.brokers().len(),
+                topics: md.topics().len(),
+            })
+        }
+        Err(e) => {
+            let why = consumer.context().last_error();
+            Err(match why {
+                Some(w) => format!("{e}: {w}"),
+                None => format!("{e} (no broker answered within {timeout:?})"),
+            })
+        }
+    }
+}

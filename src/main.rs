@@ -1,0 +1,27 @@
+//! The `kmirror` binary: parse the command line, set up logging, run the
+//! command, map the outcome to an exit code (0 ok, 2 bad config or usage,
+//! 1 runtime failure).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kmirror::cli::{Cli, LogFormat};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let code = kmirror::commands::dispatch(cli.command);
+    ExitCode::from(code)
+}
