@@ -59,7 +59,10 @@ pub fn summary(c: &Config) -> String {
                     .join(", ")
             )
         };
-        format!("  {role} {:<12} {}{props}\n", cc.alias, cc.bootstrap_servers)
+        format!(
+            "  {role} {:<12} {}{props}\n",
+            cc.alias, cc.bootstrap_servers
+        )
     };
     s.push_str(&cl("source", &c.source));
     s.push_str(&cl("target", &c.target));

@@ -69,17 +69,26 @@ pub struct Checked {
 /// 1-based line number of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 #[derive(Clone, Copy)]
 enum Kind {
     /// A string; `interp` = `${VAR}` is expanded.
-    Str { interp: bool },
+    Str {
+        interp: bool,
+    },
     Int,
     Bool,
     Duration,
-    StrList,
+    /// A list of whole-name regexes.
+    Regexes,
+    /// A rename template.
+    Rename,
     Choice(&'static [&'static str]),
     Props,
     Table(&'static [Field]),
@@ -125,14 +134,14 @@ const RUNTIME: &[Field] = &[
 ];
 const FLOW: &[Field] = &[
     req("name", STR),
-    req("topics", Kind::StrList),
-    f("topics_exclude", Kind::StrList),
-    f("rename", STR),
-    f("groups", Kind::StrList),
-    f("groups_exclude", Kind::StrList),
+    req("topics", Kind::Regexes),
+    f("topics_exclude", Kind::Regexes),
+    f("rename", Kind::Rename),
+    f("groups", Kind::Regexes),
+    f("groups_exclude", Kind::Regexes),
     f("delivery", Kind::Choice(&["at-least-once", "exactly-once"])),
     f("sync_topic_configs", Kind::Bool),
-    f("config_exclude", Kind::StrList),
+    f("config_exclude", Kind::Regexes),
     f("sync_partitions", Kind::Bool),
     f("sync_topic_acls", Kind::Bool),
     f("replication_factor", Kind::Int),
@@ -215,7 +224,10 @@ impl Walker<'_> {
                     self.problem(
                         kline,
                         &kpath,
-                        format!("unknown key `{k}` {section}; known keys: {}", known.join(", ")),
+                        format!(
+                            "unknown key `{k}` {section}; known keys: {}",
+                            known.join(", ")
+                        ),
                     );
                 }
             }
@@ -282,11 +294,22 @@ impl Walker<'_> {
                 Some(s) => self.problem(
                     line,
                     path,
-                    format!("invalid value {s:?}; expected one of: {}", options.join(", ")),
+                    format!(
+                        "invalid value {s:?}; expected one of: {}",
+                        options.join(", ")
+                    ),
                 ),
                 None => wrong(self, &format!("one of: {}", options.join(", "))),
             },
-            Kind::StrList => match item.as_array() {
+            Kind::Rename => match item.as_str() {
+                Some(s) => {
+                    if let Err(e) = crate::policy::Rename::new(s) {
+                        self.problem(line, path, e);
+                    }
+                }
+                None => wrong(self, "a string"),
+            },
+            Kind::Regexes => match item.as_array() {
                 Some(arr) => {
                     for (i, v) in arr.iter().enumerate() {
                         let ipath = format!("{path}[{i}]");
@@ -294,8 +317,19 @@ impl Walker<'_> {
                         if let Some(l) = vline {
                             self.out.lines.insert(ipath.clone(), l);
                         }
-                        if v.as_str().is_none() {
-                            self.problem(vline, &ipath, "expected a string".to_string());
+                        match v.as_str() {
+                            None => self.problem(vline, &ipath, "expected a string".to_string()),
+                            Some(p) => {
+                                if let Err(e) = crate::policy::whole_name_regex(p) {
+                                    let why = e.to_string();
+                                    let why = why.lines().last().unwrap_or("").trim().to_string();
+                                    self.problem(
+                                        vline,
+                                        &ipath,
+                                        format!("invalid regex {p:?}: {why}"),
+                                    );
+                                }
+                            }
                         }
                     }
                 }
@@ -353,9 +387,7 @@ impl Walker<'_> {
                         }
                         match v.as_inline_table() {
                             Some(t) => self.table(t, fields, &ipath, vline),
-                            None => {
-                                self.problem(vline, &ipath, "expected a table".to_string())
-                            }
+                            None => self.problem(vline, &ipath, "expected a table".to_string()),
                         }
                     }
                 }

@@ -13,7 +13,10 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 /// Expands `${VAR}` in `s`. Returns every problem found in the string.
-pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
+pub fn interpolate(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Vec<String>> {
     let mut out = String::with_capacity(s.len());
     let mut errs = Vec::new();
     let mut rest = s;
@@ -46,7 +49,10 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
                     rest = &body[end + 1..];
                 }
                 None => {
-                    errs.push("unterminated `${`: expected `}` (write `$${` for a literal `${`)".to_string());
+                    errs.push(
+                        "unterminated `${`: expected `}` (write `$${` for a literal `${`)"
+                            .to_string(),
+                    );
                     rest = "";
                 }
             }
@@ -105,7 +111,10 @@ mod tests {
     fn set_variables_are_expanded() {
         assert_eq!(interpolate("${HOST}:9092", &env).unwrap(), "h1:9092");
         assert_eq!(interpolate("a${PW}b${HOST}", &env).unwrap(), "as3cretbh1");
-        assert_eq!(interpolate("no vars $ here", &env).unwrap(), "no vars $ here");
+        assert_eq!(
+            interpolate("no vars $ here", &env).unwrap(),
+            "no vars $ here"
+        );
     }
 
     #[test]

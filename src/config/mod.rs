@@ -279,7 +279,8 @@ fn default_heartbeat() -> Duration {
 
 /// Parses a humantime duration such as `"10s"` or `"1m 30s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. \"10s\", \"500ms\", \"1m\")"))?;
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected e.g. \"10s\", \"500ms\", \"1m\")"))?;
     if d.is_zero() {
         return Err("must be greater than zero".to_string());
     }
@@ -319,7 +320,11 @@ impl Properties {
         self.0
             .iter()
             .map(|(k, v)| {
-                let v = if is_secret_key(k) { MASK.to_string() } else { v.clone() };
+                let v = if is_secret_key(k) {
+                    MASK.to_string()
+                } else {
+                    v.clone()
+                };
                 (k.clone(), v)
             })
             .collect()
@@ -424,7 +429,11 @@ pub fn load_str(
     if let Err(errs) = env::interpolate_config(&mut config, lookup) {
         // check() already reported unset variables with their lines; this is
         // only reached if the two disagree.
-        return Err(fail(errs.into_iter().map(|m| Problem::new(None, "", m)).collect()));
+        return Err(fail(
+            errs.into_iter()
+                .map(|m| Problem::new(None, "", m))
+                .collect(),
+        ));
     }
     validate::validate(&config, &checked.lines, &mut problems);
     if !problems.is_empty() {

@@ -6,27 +6,54 @@ use std::net::SocketAddr;
 
 use super::check::{Lines, Problem};
 use super::{ClusterConfig, Config};
-use crate::policy::{is_valid_topic_name, whole_name_regex, NameFilter, Rename};
+use crate::policy::{is_valid_topic_name, NameFilter, Rename};
 
 /// librdkafka properties that kmirror sets itself; a user value would break
 /// a guarantee (delivery, ordering, offsets) or be overwritten silently.
 pub const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "set it with `bootstrap_servers`"),
     ("metadata.broker.list", "set it with `bootstrap_servers`"),
-    ("group.id", "kmirror names the group `kmirror.<source>.<target>.<flow>`"),
-    ("group.instance.id", "set it with `[runtime] group_instance_id`"),
-    ("enable.auto.commit", "kmirror commits only acknowledged records"),
-    ("enable.auto.offset.store", "kmirror stores only acknowledged offsets"),
-    ("enable.idempotence", "the target producer is always idempotent"),
+    (
+        "group.id",
+        "kmirror names the group `kmirror.<source>.<target>.<flow>`",
+    ),
+    (
+        "group.instance.id",
+        "set it with `[runtime] group_instance_id`",
+    ),
+    (
+        "enable.auto.commit",
+        "kmirror commits only acknowledged records",
+    ),
+    (
+        "enable.auto.offset.store",
+        "kmirror stores only acknowledged offsets",
+    ),
+    (
+        "enable.idempotence",
+        "the target producer is always idempotent",
+    ),
     ("acks", "the target producer always uses acks=all"),
-    ("request.required.acks", "the target producer always uses acks=all"),
+    (
+        "request.required.acks",
+        "the target producer always uses acks=all",
+    ),
     ("compression.type", "set it with the flow's `compression`"),
     ("compression.codec", "set it with the flow's `compression`"),
-    ("partition.assignment.strategy", "kmirror uses cooperative-sticky"),
+    (
+        "partition.assignment.strategy",
+        "kmirror uses cooperative-sticky",
+    ),
     ("enable.partition.eof", "kmirror needs partition EOF events"),
     ("isolation.level", "kmirror reads committed records only"),
-    ("queued.max.messages.kbytes", "set it with `[runtime] consumer_queue_kbytes`"),
-    ("queue.buffering.max.kbytes", "set it with `[runtime] producer_queue_kbytes`"),
+    (
+        "queued.max.messages.kbytes",
+        "set it with `[runtime] consumer_queue_kbytes`",
+    ),
+    (
+        "queue.buffering.max.kbytes",
+        "set it with `[runtime] producer_queue_kbytes`",
+    ),
 ];
 
 fn at(lines: &Lines, key: &str) -> Option<usize> {
@@ -36,7 +63,11 @@ fn at(lines: &Lines, key: &str) -> Option<usize> {
 fn cluster(c: &ClusterConfig, name: &str, lines: &Lines, out: &mut Vec<Problem>) {
     let key = format!("{name}.alias");
     if c.alias.is_empty() {
-        out.push(Problem::new(at(lines, &key), &key, "alias must not be empty"));
+        out.push(Problem::new(
+            at(lines, &key),
+            &key,
+            "alias must not be empty",
+        ));
     } else if !is_valid_topic_name(&c.alias) {
         out.push(Problem::new(
             at(lines, &key),
@@ -86,20 +117,6 @@ fn cluster(c: &ClusterConfig, name: &str, lines: &Lines, out: &mut Vec<Problem>)
     }
 }
 
-fn regexes(list: &[String], key: &str, lines: &Lines, out: &mut Vec<Problem>) {
-    for (i, p) in list.iter().enumerate() {
-        if let Err(e) = whole_name_regex(p) {
-            let k = format!("{key}[{i}]");
-            let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
-            out.push(Problem::new(
-                at(lines, &k).or(at(lines, key)),
-                &k,
-                format!("invalid regex {p:?}: {first}"),
-            ));
-        }
-    }
-}
-
 /// Applies every cross-field rule, appending problems to `out`.
 pub fn validate(c: &Config, lines: &Lines, out: &mut Vec<Problem>) {
     cluster(&c.source, "source", lines, out);
@@ -118,7 +135,10 @@ pub fn validate(c: &Config, lines: &Lines, out: &mut Vec<Problem>) {
         out.push(Problem::new(
             at(lines, "http.listen"),
             "http.listen",
-            format!("{:?} is not an address such as \"127.0.0.1:9464\"", c.http.listen),
+            format!(
+                "{:?} is not an address such as \"127.0.0.1:9464\"",
+                c.http.listen
+            ),
         ));
     }
 
@@ -155,19 +175,9 @@ pub fn validate(c: &Config, lines: &Lines, out: &mut Vec<Problem>) {
                 "no topic pattern: use [\".*\"] to mirror every topic",
             ));
         }
-        regexes(&fl.topics, &format!("{base}.topics"), lines, out);
-        regexes(&fl.topics_exclude, &format!("{base}.topics_exclude"), lines, out);
-        regexes(&fl.groups, &format!("{base}.groups"), lines, out);
-        regexes(&fl.groups_exclude, &format!("{base}.groups_exclude"), lines, out);
-        regexes(&fl.config_exclude, &format!("{base}.config_exclude"), lines, out);
-        let rename = match Rename::new(&fl.rename) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                let key = format!("{base}.rename");
-                out.push(Problem::new(at(lines, &key).or(at(lines, &base)), &key, e));
-                None
-            }
-        };
+        // Regexes and the rename template were checked with their lines
+        // by `check`; only valid configs reach this point.
+        let rename = Rename::new(&fl.rename).ok();
         if fl.replication_factor == 0 || fl.replication_factor < -1 {
             let key = format!("{base}.replication_factor");
             out.push(Problem::new(
@@ -185,7 +195,7 @@ pub fn validate(c: &Config, lines: &Lines, out: &mut Vec<Problem>) {
     // every flow, and discovery checks the real topics at run time.
     for (j, fl) in c.flows.iter().enumerate() {
         for (k, p) in fl.topics.iter().enumerate() {
-            if regex::escape(p) != *p || filters[j].as_ref().is_none_or(|f| !f.matches(p)) {
+            if !is_valid_topic_name(p) || filters[j].as_ref().is_none_or(|f| !f.matches(p)) {
                 continue;
             }
             let Some(rj) = &renames[j] else { continue };

@@ -1,0 +1,132 @@
+//! `kmirror validate` exit codes (0/2/1), with and without --connect, and
+//! the test bed itself.
+
+mod common;
+
+use std::process::Command;
+
+use common::{kmirror_bin, process_alive, unique, write_config, Broker};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(kmirror_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const FLOW: &str = "[[flow]]\nname = \"f\"\ntopics = [\"t.*\"]\n";
+
+#[test]
+fn validate_ok_prints_summary_and_exits_0() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/east-west.toml");
+    let (code, out, err) = run(&["validate", "--config", path]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("ok"), "{out}");
+    assert!(out.contains("source east"), "{out}");
+    assert!(out.contains("target west"), "{out}");
+    assert!(out.contains("group kmirror.east.west.demo"), "{out}");
+}
+
+#[test]
+fn validate_bad_config_lists_all_problems_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[source]\nalias = \"a\"\nbootstrap_servers = \"${KMIRROR_TEST_UNSET_VAR}\"\n[target]\nalias = \"b\"\nbootstrap_servers = \"h:1\"\n[[flow]]\nname = \"f\"\ntopics = [\"(\"]\ncolour = 1\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    let p = path.display().to_string();
+    assert!(err.contains("3 problems"), "{err}");
+    assert!(err.contains(&format!("{p}:3: source.bootstrap_servers: environment variable `KMIRROR_TEST_UNSET_VAR` is not set")), "{err}");
+    assert!(
+        err.contains(&format!("{p}:9: flow[0].topics[0]: invalid regex")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:10: flow[0].colour: unknown key")),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_file_and_bad_usage_exit_2() {
+    let (code, _, err) = run(&["validate", "--config", "/nonexistent/kmirror.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read the file"), "{err}");
+    let (code, _, _) = run(&["validate"]);
+    assert_eq!(code, 2, "missing --config is a usage error");
+    let (code, _, _) = run(&["frobnicate"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn validate_connect_reaches_a_running_pair() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &src, &dst, FLOW);
+    let (code, out, err) = run(&["validate", "--config", path.to_str().unwrap(), "--connect"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("source src: reachable"), "{out}");
+    assert!(out.contains("target dst: reachable"), "{out}");
+    assert!(out.contains("1 broker(s)"), "{out}");
+}
+
+#[test]
+fn validate_connect_reports_a_closed_port_and_exits_1() {
+    let src = Broker::start(&unique("src"));
+    let dir = tempfile::tempdir().unwrap();
+    let closed = common::free_port();
+    let path = dir.path().join("k.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"127.0.0.1:{closed}\"\n{FLOW}",
+            src.bootstrap()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&[
+        "validate",
+        "--config",
+        path.to_str().unwrap(),
+        "--connect",
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("source src: reachable"), "{out}");
+    assert!(
+        out.contains(&format!("target dst: UNREACHABLE at 127.0.0.1:{closed}")),
+        "{out}"
+    );
+}
+
+#[test]
+fn test_bed_brokers_are_independent_and_stopped() {
+    let a = Broker::start(&unique("a"));
+    let b = Broker::start(&unique("b"));
+    assert_ne!(a.port, b.port);
+    let topic = unique("only-on-a");
+    a.create_topic(&topic, 2, &[]);
+    assert_eq!(a.partitions(&topic), Some(2));
+    assert!(
+        !b.topics().contains(&topic),
+        "a topic created on one broker exists on the other"
+    );
+    let (pa, pb) = (a.pid().unwrap(), b.pid().unwrap());
+    assert!(process_alive(pa) && process_alive(pb));
+    drop(a);
+    drop(b);
+    assert!(!process_alive(pa), "broker a still running after drop");
+    assert!(!process_alive(pb), "broker b still running after drop");
+}

@@ -1,0 +1,484 @@
+//! Test bed: independent `nisshi` brokers, each one "cluster", on free
+//! loopback ports, started and stopped by the test (stopped by PID in
+//! `Drop`, so also when the test panics). Random names let tests share
+//! nothing and run in parallel.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// The one command that installs the test broker.
+pub const INSTALL: &str = "cargo install nisshi --version 0.8.1 --locked --ignore-rust-version";
+
+/// Path of the `nisshi` binary: `$NISSHI_BIN`, then `PATH`, then
+/// `~/.cargo/bin`. Panics (the test fails, never skips) when it is missing.
+pub fn nisshi_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NISSHI_BIN") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return p;
+        }
+        panic!(
+            "NISSHI_BIN={} does not exist. Install the test broker with: {INSTALL}",
+            p.display()
+        );
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nisshi"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin/nisshi"));
+    }
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "the nisshi test broker is not installed (not on PATH, not in ~/.cargo/bin). \
+             Install it with: {INSTALL}  (about 9 minutes on 2 cores), or run `bash .ci/run`, which installs it"
+        )
+    })
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique to this test run: `prefix-<pid>-<n>-<random>`.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let r: u32 = rand::random();
+    format!("{prefix}-{}-{n}-{r:08x}", std::process::id())
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// Where a broker keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// In memory: gone when the broker stops.
+    Memory,
+    /// In a sqlite file: survives a broker restart.
+    Sqlite(PathBuf),
+}
+
+/// One running nisshi broker: one "cluster".
+pub struct Broker {
+    pub name: String,
+    pub port: u16,
+    pub storage: Storage,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts a broker with in-memory storage and waits until it answers.
+    pub fn start(name: &str) -> Broker {
+        Self::start_with(name, Storage::Memory)
+    }
+
+    /// Starts a broker with its data in a sqlite file (for restart tests).
+    pub fn start_sqlite(name: &str) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{name}.db"));
+        let mut b = Self::start_with(name, Storage::Sqlite(path));
+        b._dir = dir;
+        b
+    }
+
+    fn start_with(name: &str, storage: Storage) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let mut b = Broker {
+            name: name.to_string(),
+            port: 0,
+            storage,
+            child: None,
+            log,
+            _dir: dir,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let bin = nisshi_bin();
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            if self.port == 0 || matches!(self.storage, Storage::Memory) {
+                self.port = free_port();
+            }
+            let url = format!("tcp://127.0.0.1:{}", self.port);
+            let engine = match &self.storage {
+                Storage::Memory => format!("memory://{}/", self.name),
+                Storage::Sqlite(p) => format!("sqlite://{}", p.display()),
+            };
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .unwrap();
+            let child = Command::new(&bin)
+                .args(["broker", "--cluster-id", &self.name])
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", &engine])
+                .args(["--group-initial-rebalance-delay", "0s"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start {}: {e}. Install with: {INSTALL}",
+                        bin.display()
+                    )
+                });
+            self.child = Some(child);
+            match self.wait_ready(Duration::from_secs(30)) {
+                Ok(()) => return,
+                Err(e) => {
+                    last = e;
+                    self.kill();
+                }
+            }
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+        panic!(
+            "broker {} did not become ready: {last}\nlog tail:\n{tail}",
+            self.name
+        );
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!("broker exited: {st}"));
+            }
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", self.bootstrap())
+                .set("log_level", "0")
+                .create()
+                .map_err(|e| e.to_string())?;
+            match c.fetch_metadata(None, Duration::from_millis(1000)) {
+                Ok(md) if !md.brokers().is_empty() => return Ok(()),
+                Ok(_) => {}
+                Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+                Err(_) => {}
+            }
+            if Instant::now() > deadline {
+                return Err("timeout".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// PID of the broker process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Stops the broker (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (data kept with sqlite storage).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An admin client.
+    pub fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3")
+            .create()
+            .unwrap()
+    }
+
+    /// Creates a topic and waits until metadata shows all its partitions.
+    pub fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let admin = self.admin();
+        let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (k, v) in configs {
+            nt = nt.set(k, v);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let res = rt
+            .block_on(admin.create_topics([&nt], &AdminOptions::new()))
+            .expect("create_topics request failed");
+        for r in res {
+            if let Err((t, e)) = r {
+                if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                    panic!("create topic {t}: {e}");
+                }
+            }
+        }
+        wait_until(Duration::from_secs(20), || {
+            self.partitions(topic) == Some(partitions as usize)
+        });
+    }
+
+    /// Partition count of a topic, if the metadata lists it. Lists all
+    /// topics rather than naming one (naming one can auto-create it).
+    pub fn partitions(&self, topic: &str) -> Option<usize> {
+        let c = self.consumer(None);
+        let md = c.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+        md.topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+    }
+
+    /// Names of all topics.
+    pub fn topics(&self) -> Vec<String> {
+        let c = self.consumer(None);
+        let md = c.fetch_metadata(None, Duration::from_secs(5)).unwrap();
+        md.topics().iter().map(|t| t.name().to_string()).collect()
+    }
+
+    /// A consumer (with a group when given; no auto commit).
+    pub fn consumer(&self, group: Option<&str>) -> BaseConsumer {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.queue.backoff.ms", "1");
+        cfg.set("group.id", group.unwrap_or("kmirror-test-reader"));
+        cfg.create().unwrap()
+    }
+
+    /// An idempotent producer.
+    pub fn producer(&self) -> ThreadedProducer<DefaultProducerContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap()
+    }
+
+    /// Produces records and waits until all are acknowledged.
+    pub fn produce(&self, topic: &str, records: &[Rec]) {
+        let p = self.producer();
+        for r in records {
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(r.partition);
+            if let Some(k) = &r.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                rec = rec.payload(v.as_slice());
+            }
+            if let Some(ts) = r.timestamp {
+                rec = rec.timestamp(ts);
+            }
+            if !r.headers.is_empty() {
+                let mut hs = rdkafka::message::OwnedHeaders::new();
+                for (k, v) in &r.headers {
+                    hs = hs.insert(rdkafka::message::Header {
+                        key: k,
+                        value: v.as_deref(),
+                    });
+                }
+                rec = rec.headers(hs);
+            }
+            let mut rec = rec;
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((e, back)) => {
+                        assert!(
+                            matches!(
+                                e,
+                                rdkafka::error::KafkaError::MessageProduction(
+                                    rdkafka::types::RDKafkaErrorCode::QueueFull
+                                )
+                            ),
+                            "produce failed: {e}"
+                        );
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        p.flush(Duration::from_secs(60)).expect("flush");
+    }
+
+    /// Reads every record of `topic` (all partitions) up to the high
+    /// watermark at the time of the call.
+    pub fn read_all(&self, topic: &str) -> Vec<Rec> {
+        let parts = self
+            .partitions(topic)
+            .unwrap_or_else(|| panic!("no topic {topic}"));
+        let c = self.consumer(None);
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = 0usize;
+        let mut ends = Vec::new();
+        for p in 0..parts as i32 {
+            let (lo, hi) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .unwrap();
+            ends.push(hi);
+            if hi > lo {
+                remaining += (hi - lo) as usize;
+                tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+                    .unwrap();
+            }
+        }
+        let mut out = Vec::new();
+        if remaining == 0 {
+            return out;
+        }
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut done = vec![false; parts];
+        for p in 0..parts {
+            let (lo, hi) = c
+                .fetch_watermarks(topic, p as i32, Duration::from_secs(5))
+                .unwrap();
+            done[p] = hi <= lo;
+        }
+        while done.iter().any(|d| !d) {
+            assert!(Instant::now() < deadline, "timed out reading {topic}");
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.expect("consume error");
+                let p = m.partition() as usize;
+                out.push(Rec::from_message(&m));
+                if m.offset() + 1 >= ends[p] {
+                    done[p] = true;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A record as produced or read back, every field compared by tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Rec {
+    /// A record to produce.
+    pub fn new(partition: i32, key: Option<&[u8]>, value: Option<&[u8]>) -> Rec {
+        Rec {
+            partition,
+            offset: -1,
+            key: key.map(|k| k.to_vec()),
+            value: value.map(|v| v.to_vec()),
+            timestamp: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn from_message<M: Message>(m: &M) -> Rec {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Rec {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| k.to_vec()),
+            value: m.payload().map(|v| v.to_vec()),
+            timestamp: m.timestamp().to_millis(),
+            headers,
+        }
+    }
+}
+
+/// Waits until `cond` holds, polling every 100 ms; panics after `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// True when a process with this PID exists.
+pub fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+}
+
+/// Writes a kmirror config for a source/target pair into `dir`.
+pub fn write_config(dir: &Path, source: &Broker, target: &Broker, extra: &str) -> PathBuf {
+    let path = dir.join("kmirror.toml");
+    let text = format!(
+        "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n\n{extra}\n",
+        source.bootstrap(),
+        target.bootstrap()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Path of the built kmirror binary.
+pub fn kmirror_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kmirror"))
+}
