@@ -213,8 +213,8 @@ fn missing_required_keys_are_reported() {
 #[test]
 fn every_problem_is_reported_at_once() {
     // An unknown key, a bad regex and an unset variable: all three, in file order.
-    let text = format!(
-        "[source]\nalias = \"east\"\nbootstrap_servers = \"${{NOT_SET_ANYWHERE}}\"\n\n[target]\nalias = \"west\"\nbootstrap_servers = \"h:1\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"a(\"]\ncolour = \"blue\"\n"
+    let text = String::from(
+        "[source]\nalias = \"east\"\nbootstrap_servers = \"${NOT_SET_ANYWHERE}\"\n\n[target]\nalias = \"west\"\nbootstrap_servers = \"h:1\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"a(\"]\ncolour = \"blue\"\n"
     );
     let ps = problems(&text);
     has(

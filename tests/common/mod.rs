@@ -357,11 +357,13 @@ impl Broker {
         let mut tpl = TopicPartitionList::new();
         let mut remaining = 0usize;
         let mut ends = Vec::new();
+        let mut done = Vec::new();
         for p in 0..parts as i32 {
             let (lo, hi) = c
                 .fetch_watermarks(topic, p, Duration::from_secs(5))
                 .unwrap();
             ends.push(hi);
+            done.push(hi <= lo);
             if hi > lo {
                 remaining += (hi - lo) as usize;
                 tpl.add_partition_offset(topic, p, Offset::Offset(lo))
@@ -374,13 +376,6 @@ impl Broker {
         }
         c.assign(&tpl).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut done = vec![false; parts];
-        for p in 0..parts {
-            let (lo, hi) = c
-                .fetch_watermarks(topic, p as i32, Duration::from_secs(5))
-                .unwrap();
-            done[p] = hi <= lo;
-        }
         while done.iter().any(|d| !d) {
             assert!(Instant::now() < deadline, "timed out reading {topic}");
             if let Some(m) = c.poll(Duration::from_millis(200)) {

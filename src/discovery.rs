@@ -1,0 +1,410 @@
+//! Topic discovery: lists source topics, applies each flow's filters and
+//! rename rule, creates missing target topics, and publishes each flow's
+//! mirror set to its replicator.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{ClusterConfig, FlowConfig};
+use crate::kafka::{self, KContext, Role};
+use crate::metrics::{Health, Metrics};
+use crate::policy::{never_mirrored, NameFilter, Rename, Selection};
+
+/// One mirrored topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// Source topic.
+    pub source: String,
+    /// Target topic.
+    pub target: String,
+    /// Partitions of the source topic.
+    pub partitions: i32,
+    /// Partitions of the target topic (0 while it does not exist).
+    pub target_partitions: i32,
+}
+
+/// What one flow mirrors now, by source topic.
+pub type MirrorSet = BTreeMap<String, Mirror>;
+
+/// Why a source topic is not mirrored by a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// An internal topic (never mirrored).
+    Internal(&'static str),
+    /// It came from the target (prefix rule): mirroring it back is a cycle.
+    Cycle,
+    /// No `topics` pattern matches.
+    NotIncluded,
+    /// This `topics_exclude` pattern matches.
+    Excluded(String),
+    /// An earlier flow already writes the same target topic.
+    TargetTaken {
+        /// The flow that owns the target topic.
+        flow: String,
+        /// The target topic.
+        target: String,
+    },
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::Internal(why) => write!(f, "{why}"),
+            Skip::Cycle => write!(f, "came from the target cluster (cycle prevention)"),
+            Skip::NotIncluded => write!(f, "matches no `topics` pattern"),
+            Skip::Excluded(p) => write!(f, "excluded by `topics_exclude` pattern {p:?}"),
+            Skip::TargetTaken { flow, target } => {
+                write!(f, "target topic {target:?} is already written by flow {flow:?}")
+            }
+        }
+    }
+}
+
+/// A flow's compiled selection rules.
+#[derive(Debug, Clone)]
+pub struct FlowRules {
+    /// Flow name.
+    pub name: String,
+    filter: NameFilter,
+    rename: Rename,
+}
+
+impl FlowRules {
+    /// Compiles a validated flow config.
+    pub fn new(f: &FlowConfig) -> Result<Self, String> {
+        Ok(Self {
+            name: f.name.clone(),
+            filter: NameFilter::new(&f.topics, &f.topics_exclude)?,
+            rename: Rename::new(&f.rename)?,
+        })
+    }
+}
+
+/// The decision of every flow for every source topic: a pure function.
+/// `claimed` (target topic -> flow) makes the first flow win a collision.
+pub fn decide(
+    rules: &FlowRules,
+    source_alias: &str,
+    target_alias: &str,
+    source_topics: &BTreeMap<String, i32>,
+    claimed: &mut HashMap<String, String>,
+) -> (Vec<(String, String, i32)>, Vec<(String, Skip)>) {
+    let mut take = Vec::new();
+    let mut skip = Vec::new();
+    for (topic, parts) in source_topics {
+        if let Some(why) = never_mirrored(topic) {
+            skip.push((topic.clone(), Skip::Internal(why)));
+            continue;
+        }
+        if rules.rename.came_from(target_alias, topic) {
+            skip.push((topic.clone(), Skip::Cycle));
+            continue;
+        }
+        match rules.filter.select(topic) {
+            Selection::NotIncluded => skip.push((topic.clone(), Skip::NotIncluded)),
+            Selection::Excluded(p) => skip.push((topic.clone(), Skip::Excluded(p))),
+            Selection::Included(_) => {
+                let target = rules.rename.apply(source_alias, topic);
+                match claimed.get(&target) {
+                    Some(owner) if *owner != rules.name => skip.push((
+                        topic.clone(),
+                        Skip::TargetTaken {
+                            flow: owner.clone(),
+                            target,
+                        },
+                    )),
+                    _ => {
+                        claimed.insert(target.clone(), rules.name.clone());
+                        take.push((topic.clone(), target, *parts));
+                    }
+                }
+            }
+        }
+    }
+    (take, skip)
+}
+
+/// Lists the topics of a cluster with their partition counts (all topics:
+/// naming one topic in a metadata request can auto-create it).
+pub fn list_topics(consumer: &BaseConsumer<KContext>, timeout: Duration) -> Result<BTreeMap<String, i32>, String> {
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| match consumer.context().last_error() {
+            Some(w) => format!("{e}: {w}"),
+            None => e.to_string(),
+        })?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// Creates a topic; "already exists" is success.
+pub async fn create_topic(
+    admin: &AdminClient<KContext>,
+    name: &str,
+    partitions: i32,
+    replication_factor: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), String> {
+    let mut nt = NewTopic::new(name, partitions, TopicReplication::Fixed(replication_factor));
+    for (k, v) in configs {
+        nt = nt.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let res = admin
+        .create_topics([&nt], &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    for r in res {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(format!("cannot create topic {t}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Everything the discovery loop needs.
+pub struct Discovery {
+    /// Source cluster.
+    pub source: ClusterConfig,
+    /// Target cluster.
+    pub target: ClusterConfig,
+    /// Flows, in config order (earlier flows win target collisions).
+    pub flows: Vec<(FlowConfig, FlowRules, watch::Sender<Arc<MirrorSet>>)>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Health.
+    pub health: Arc<Health>,
+}
+
+impl Discovery {
+    /// Runs until `shutdown`: one pass at once, then every
+    /// `refresh_topics_interval` (the shortest of the flows').
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let every = self
+            .flows
+            .iter()
+            .map(|(f, _, _)| f.refresh_topics_interval)
+            .min()
+            .unwrap_or(Duration::from_secs(10));
+        let src: Arc<BaseConsumer<KContext>> = Arc::new(
+            kafka::client_config(&self.source, Role::Admin, "kmirror-discovery")
+                .create_with_context(KContext::default())?,
+        );
+        let dst: Arc<BaseConsumer<KContext>> = Arc::new(
+            kafka::client_config(&self.target, Role::Admin, "kmirror-discovery")
+                .create_with_context(KContext::default())?,
+        );
+        let admin: AdminClient<KContext> = kafka::client_config(&self.target, Role::Admin, "kmirror-admin")
+            .create_with_context(KContext::default())?;
+        let mut reported: HashSet<String> = HashSet::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            self.pass(&src, &dst, &admin, &mut reported).await;
+        }
+    }
+
+    async fn pass(
+        &self,
+        src: &Arc<BaseConsumer<KContext>>,
+        dst: &Arc<BaseConsumer<KContext>>,
+        admin: &AdminClient<KContext>,
+        reported: &mut HashSet<String>,
+    ) {
+        let timeout = Duration::from_secs(10);
+        let s = src.clone();
+        let listed = tokio::task::spawn_blocking(move || list_topics(&s, timeout))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let source_topics = match listed {
+            Ok(t) => {
+                self.health.set_cluster("source", true);
+                t
+            }
+            Err(e) => {
+                self.health.set_cluster("source", false);
+                for (f, _, _) in &self.flows {
+                    self.metrics.errors.with_label_values(&[&f.name, "discovery"]).inc();
+                }
+                warn!(error = %e, "cannot list source topics; keeping the current mirror set");
+                return;
+            }
+        };
+        let d = dst.clone();
+        let listed = tokio::task::spawn_blocking(move || list_topics(&d, timeout))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let mut target_topics = match listed {
+            Ok(t) => {
+                self.health.set_cluster("target", true);
+                t
+            }
+            Err(e) => {
+                self.health.set_cluster("target", false);
+                warn!(error = %e, "cannot list target topics; keeping the current mirror set");
+                return;
+            }
+        };
+        let mut claimed = HashMap::new();
+        for (flow, rules, tx) in &self.flows {
+            let (take, skip) = decide(rules, &self.source.alias, &self.target.alias, &source_topics, &mut claimed);
+            for (topic, why) in &skip {
+                if let Skip::TargetTaken { .. } = why {
+                    let key = format!("taken/{}/{topic}", flow.name);
+                    if reported.insert(key) {
+                        error!(flow = %flow.name, topic = %topic, "not mirrored: {why}");
+                        self.metrics.errors.with_label_values(&[&flow.name, "discovery"]).inc();
+                    }
+                }
+            }
+            let mut created = false;
+            for (source, target, parts) in &take {
+                if !target_topics.contains_key(target) {
+                    match create_topic(admin, target, *parts, flow.replication_factor, &[]).await {
+                        Ok(()) => {
+                            info!(flow = %flow.name, topic = %source, target = %target, partitions = parts, "created target topic");
+                            self.metrics
+                                .config_sync_ops
+                                .with_label_values(&[&flow.name, "create_topic", "ok"])
+                                .inc();
+                            created = true;
+                        }
+                        Err(e) => {
+                            self.metrics
+                                .config_sync_ops
+                                .with_label_values(&[&flow.name, "create_topic", "error"])
+                                .inc();
+                            if reported.insert(format!("create/{target}/{e}")) {
+                                error!(flow = %flow.name, topic = %source, target = %target, error = %e, "cannot create the target topic; its records wait until it exists");
+                            }
+                        }
+                    }
+                }
+            }
+            if created {
+                // Wait (bounded) until metadata shows what was created.
+                for _ in 0..50 {
+                    let d = dst.clone();
+                    if let Ok(Ok(t)) = tokio::task::spawn_blocking(move || list_topics(&d, timeout)).await {
+                        target_topics = t;
+                    }
+                    if take.iter().all(|(_, t, _)| target_topics.contains_key(t)) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            let mut set = MirrorSet::new();
+            for (source, target, parts) in take {
+                let tp = target_topics.get(&target).copied().unwrap_or(0);
+                if tp > 0 && tp < parts {
+                    let key = format!("mismatch/{source}/{tp}/{parts}");
+                    if reported.insert(key) {
+                        error!(
+                            flow = %flow.name, topic = %source, target = %target,
+                            source_partitions = parts, target_partitions = tp,
+                            "target topic has fewer partitions than the source: partitions {tp}..{} are held (not mirrored, not remapped) until the target has them",
+                            parts - 1
+                        );
+                        self.metrics.errors.with_label_values(&[&flow.name, "partition_mismatch"]).inc();
+                    }
+                }
+                set.insert(
+                    source.clone(),
+                    Mirror {
+                        source,
+                        target,
+                        partitions: parts,
+                        target_partitions: tp,
+                    },
+                );
+            }
+            self.metrics.topics_mirrored.with_label_values(&[&flow.name]).set(set.len() as i64);
+            tx.send_if_modified(|cur| {
+                if **cur != set {
+                    *cur = Arc::new(set);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(topics: &[&str], exclude: &[&str], rename: &str) -> FlowRules {
+        FlowRules {
+            name: "f".into(),
+            filter: NameFilter::new(
+                &topics.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                &exclude.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap(),
+            rename: Rename::new(rename).unwrap(),
+        }
+    }
+
+    fn topics(names: &[&str]) -> BTreeMap<String, i32> {
+        names.iter().map(|n| (n.to_string(), 3)).collect()
+    }
+
+    #[test]
+    fn selects_renames_and_prevents_cycles() {
+        let r = rules(&[".*"], &["tmp\\..*"], "{source}.{topic}");
+        let src = topics(&["orders", "tmp.x", "__consumer_offsets", "west.orders", "heartbeats", "east.checkpoints.internal"]);
+        let (take, skip) = decide(&r, "east", "west", &src, &mut HashMap::new());
+        assert_eq!(take, vec![("orders".into(), "east.orders".into(), 3)]);
+        let why: BTreeMap<_, _> = skip.into_iter().collect();
+        assert_eq!(why["west.orders"], Skip::Cycle);
+        assert_eq!(why["tmp.x"], Skip::Excluded("tmp\\..*".into()));
+        assert!(matches!(why["__consumer_offsets"], Skip::Internal(_)));
+        assert!(matches!(why["heartbeats"], Skip::Internal(_)));
+        assert!(matches!(why["east.checkpoints.internal"], Skip::Internal(_)));
+    }
+
+    #[test]
+    fn identity_rename_keeps_names() {
+        let r = rules(&["a|b"], &[], "{topic}");
+        let (take, skip) = decide(&r, "east", "west", &topics(&["a", "b", "c"]), &mut HashMap::new());
+        assert_eq!(take.len(), 2);
+        assert_eq!(take[0].1, "a");
+        assert_eq!(skip, vec![("c".into(), Skip::NotIncluded)]);
+    }
+
+    #[test]
+    fn first_flow_wins_a_target_collision() {
+        let mut claimed = HashMap::new();
+        let f1 = rules(&["east\\.a"], &[], "{topic}");
+        let mut f2 = rules(&["a"], &[], "{source}.{topic}");
+        f2.name = "g".into();
+        let (t1, _) = decide(&f1, "east", "west", &topics(&["east.a", "a"]), &mut claimed);
+        assert_eq!(t1[0].1, "east.a");
+        let (t2, s2) = decide(&f2, "east", "west", &topics(&["east.a", "a"]), &mut claimed);
+        assert!(t2.is_empty());
+        assert!(s2.iter().any(|(t, s)| t == "a" && matches!(s, Skip::TargetTaken { .. })));
+    }
+}

@@ -1,0 +1,264 @@
+//! Prometheus metrics (one struct owning its registry) and the HTTP
+//! endpoints `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Cardinality: `partition` appears only on the per-partition series
+//! (`kmirror_records_total`, `kmirror_bytes_total`, `kmirror_lag_records`),
+//! so a process mirroring P partitions exports about 3·P such series;
+//! everything else is per flow, topic, group or stage.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Buckets from 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every metric kmirror exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Records mirrored (acknowledged by the target).
+    pub records: IntCounterVec,
+    /// Bytes mirrored (key + value + headers).
+    pub bytes: IntCounterVec,
+    /// Target acknowledgement time minus source record timestamp.
+    pub replication_latency: HistogramVec,
+    /// Consume time minus source record timestamp.
+    pub record_age: HistogramVec,
+    /// Source high watermark minus mirrored position.
+    pub lag: IntGaugeVec,
+    /// Checkpoint records written, per group.
+    pub checkpoints: IntCounterVec,
+    /// Duration of one checkpoint run.
+    pub checkpoint_latency: HistogramVec,
+    /// Offset-sync points written.
+    pub offset_syncs: IntCounterVec,
+    /// Config-sync operations by op and result.
+    pub config_sync_ops: IntCounterVec,
+    /// Errors by stage.
+    pub errors: IntCounterVec,
+    /// Heartbeat records written.
+    pub heartbeats: IntCounter,
+    /// Build information.
+    pub build_info: IntGaugeVec,
+    /// Source partitions assigned to this process.
+    pub partitions_assigned: IntGaugeVec,
+    /// Partitions whose consumption is paused, by reason.
+    pub partitions_paused: IntGaugeVec,
+    /// Records handed to the target producer and not yet acknowledged.
+    pub producer_queue: IntGaugeVec,
+    /// Topics mirrored by each flow.
+    pub topics_mirrored: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let ftp = &["flow", "topic", "partition"];
+        let m = Self {
+            records: counter(&r, "kmirror_records_total", "Records mirrored (acknowledged by the target).", ftp),
+            bytes: counter(&r, "kmirror_bytes_total", "Bytes mirrored: key + value + headers of acknowledged records.", ftp),
+            replication_latency: histogram(&r, "kmirror_replication_latency_seconds", "Target acknowledgement time minus the source record timestamp.", &["flow", "topic"]),
+            record_age: histogram(&r, "kmirror_record_age_seconds", "Consume time minus the source record timestamp.", &["flow", "topic"]),
+            lag: gauge(&r, "kmirror_lag_records", "Source high watermark minus the mirrored (acknowledged) position.", ftp),
+            checkpoints: counter(&r, "kmirror_checkpoints_total", "Checkpoint records written to <source>.checkpoints.internal.", &["flow", "group"]),
+            checkpoint_latency: histogram(&r, "kmirror_checkpoint_latency_seconds", "Duration of one checkpoint run.", &["flow"]),
+            offset_syncs: counter(&r, "kmirror_offset_syncs_total", "Offset-sync points written to kmirror-offset-syncs.<source>.internal.", &["flow"]),
+            config_sync_ops: counter(&r, "kmirror_config_sync_operations_total", "Config-sync operations on the target, by operation and result.", &["flow", "op", "result"]),
+            errors: counter(&r, "kmirror_errors_total", "Errors by stage (produce, consume, partition_mismatch, discovery, offset_sync, heartbeat, ...).", &["flow", "stage"]),
+            heartbeats: {
+                let c = IntCounter::new("kmirror_heartbeats_total", "Heartbeat records written to `heartbeats` on the target.").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            build_info: gauge(&r, "kmirror_build_info", "Always 1; the version label names the build.", &["version"]),
+            partitions_assigned: gauge(&r, "kmirror_partitions_assigned", "Source partitions assigned to this process.", &["flow"]),
+            partitions_paused: gauge(&r, "kmirror_partitions_paused", "Partitions not being consumed, by reason (stopped: refused record; held: target lacks the partition; backpressure).", &["flow", "reason"]),
+            producer_queue: gauge(&r, "kmirror_producer_queue_records", "Records handed to the target producer and not yet acknowledged.", &["flow"]),
+            topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
+            registry: r,
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.heartbeats.inc_by(0);
+        m
+    }
+
+    /// Creates the label sets a flow always exports, so that dashboards see
+    /// every series from the start (at zero).
+    pub fn init_flow(&self, flow: &str) {
+        for stage in ["produce", "consume", "partition_mismatch", "discovery", "offset_sync"] {
+            self.errors.with_label_values(&[flow, stage]);
+        }
+        for reason in ["stopped", "held", "backpressure"] {
+            self.partitions_paused.with_label_values(&[flow, reason]);
+        }
+        self.partitions_assigned.with_label_values(&[flow]);
+        self.producer_queue.with_label_values(&[flow]);
+        self.offset_syncs.with_label_values(&[flow]);
+        self.topics_mirrored.with_label_values(&[flow]);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Readiness of the process: what `/readyz` reports.
+#[derive(Default)]
+pub struct Health {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    /// cluster role -> reachable
+    clusters: BTreeMap<String, bool>,
+    /// flow -> (has partitions assigned, stopped partitions)
+    flows: BTreeMap<String, (bool, usize)>,
+}
+
+impl Health {
+    /// Records whether a cluster ("source"/"target") answered lately.
+    pub fn set_cluster(&self, role: &str, reachable: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.clusters.insert(role.to_string(), reachable);
+        }
+    }
+
+    /// Records a flow's assignment and stopped-partition count.
+    pub fn set_flow(&self, flow: &str, assigned: bool, stopped: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.flows.insert(flow.to_string(), (assigned, stopped));
+        }
+    }
+
+    /// Registers a flow as not yet assigned.
+    pub fn add_flow(&self, flow: &str) {
+        self.set_flow(flow, false, 0);
+    }
+
+    /// `Ok` when ready, else the reasons.
+    pub fn ready(&self) -> Result<(), Vec<String>> {
+        let s = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => return Err(vec!["health state poisoned".into()]),
+        };
+        let mut why = Vec::new();
+        for role in ["source", "target"] {
+            match s.clusters.get(role) {
+                Some(true) => {}
+                Some(false) => why.push(format!("{role} cluster unreachable")),
+                None => why.push(format!("{role} cluster not checked yet")),
+            }
+        }
+        for (flow, (assigned, stopped)) in &s.flows {
+            if !assigned {
+                why.push(format!("flow {flow}: no partitions assigned"));
+            }
+            if *stopped > 0 {
+                why.push(format!("flow {flow}: {stopped} partition(s) stopped by an error"));
+            }
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.health.ready() {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"ready\":true}".to_string(),
+        ),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"ready": false, "reasons": why}).to_string(),
+        ),
+    }
+}
+
+/// Binds the HTTP server (errors if the address is taken) and serves it
+/// until `shutdown` is cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, health });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }))
+}
