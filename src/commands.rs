@@ -23,9 +23,72 @@ pub fn dispatch(cmd: Command) -> u8 {
             connect,
             timeout,
         } => validate(&config, connect, timeout),
-        Command::Run { .. } => not_built("run", "the replication flow"),
+        Command::Run { config } => run(&config),
         Command::Plan { .. } => not_built("plan", "the config-sync dry run"),
         Command::Offsets { .. } => not_built("offsets", "offset translation and failover"),
+    }
+}
+
+/// `kmirror run`: mirrors until SIGINT/SIGTERM. The first signal drains
+/// and commits within `[runtime] shutdown_timeout`; a second exits at once.
+fn run(path: &Path) -> u8 {
+    let c = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kmirror run: cannot start the runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let result = rt.block_on(async {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            wait_signal().await;
+            tracing::info!(
+                "signal received: draining and committing (a second signal exits at once)"
+            );
+            token.cancel();
+            wait_signal().await;
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(EXIT_FAILURE as i32);
+        });
+        crate::app::run(c, shutdown).await
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            EXIT_OK
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "kmirror failed");
+            eprintln!("kmirror run: {e:#}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, only Ctrl-C through tokio remains.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 

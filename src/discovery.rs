@@ -62,7 +62,10 @@ impl std::fmt::Display for Skip {
             Skip::NotIncluded => write!(f, "matches no `topics` pattern"),
             Skip::Excluded(p) => write!(f, "excluded by `topics_exclude` pattern {p:?}"),
             Skip::TargetTaken { flow, target } => {
-                write!(f, "target topic {target:?} is already written by flow {flow:?}")
+                write!(
+                    f,
+                    "target topic {target:?} is already written by flow {flow:?}"
+                )
             }
         }
     }
@@ -134,13 +137,16 @@ pub fn decide(
 
 /// Lists the topics of a cluster with their partition counts (all topics:
 /// naming one topic in a metadata request can auto-create it).
-pub fn list_topics(consumer: &BaseConsumer<KContext>, timeout: Duration) -> Result<BTreeMap<String, i32>, String> {
-    let md = consumer
-        .fetch_metadata(None, timeout)
-        .map_err(|e| match consumer.context().last_error() {
+pub fn list_topics(
+    consumer: &BaseConsumer<KContext>,
+    timeout: Duration,
+) -> Result<BTreeMap<String, i32>, String> {
+    let md = consumer.fetch_metadata(None, timeout).map_err(|e| {
+        match consumer.context().last_error() {
             Some(w) => format!("{e}: {w}"),
             None => e.to_string(),
-        })?;
+        }
+    })?;
     Ok(md
         .topics()
         .iter()
@@ -157,7 +163,11 @@ pub async fn create_topic(
     replication_factor: i32,
     configs: &[(&str, &str)],
 ) -> Result<(), String> {
-    let mut nt = NewTopic::new(name, partitions, TopicReplication::Fixed(replication_factor));
+    let mut nt = NewTopic::new(
+        name,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
     for (k, v) in configs {
         nt = nt.set(k, v);
     }
@@ -208,8 +218,9 @@ impl Discovery {
             kafka::client_config(&self.target, Role::Admin, "kmirror-discovery")
                 .create_with_context(KContext::default())?,
         );
-        let admin: AdminClient<KContext> = kafka::client_config(&self.target, Role::Admin, "kmirror-admin")
-            .create_with_context(KContext::default())?;
+        let admin: AdminClient<KContext> =
+            kafka::client_config(&self.target, Role::Admin, "kmirror-admin")
+                .create_with_context(KContext::default())?;
         let mut reported: HashSet<String> = HashSet::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -243,7 +254,10 @@ impl Discovery {
             Err(e) => {
                 self.health.set_cluster("source", false);
                 for (f, _, _) in &self.flows {
-                    self.metrics.errors.with_label_values(&[&f.name, "discovery"]).inc();
+                    self.metrics
+                        .errors
+                        .with_label_values(&[&f.name, "discovery"])
+                        .inc();
                 }
                 warn!(error = %e, "cannot list source topics; keeping the current mirror set");
                 return;
@@ -267,13 +281,22 @@ impl Discovery {
         };
         let mut claimed = HashMap::new();
         for (flow, rules, tx) in &self.flows {
-            let (take, skip) = decide(rules, &self.source.alias, &self.target.alias, &source_topics, &mut claimed);
+            let (take, skip) = decide(
+                rules,
+                &self.source.alias,
+                &self.target.alias,
+                &source_topics,
+                &mut claimed,
+            );
             for (topic, why) in &skip {
                 if let Skip::TargetTaken { .. } = why {
                     let key = format!("taken/{}/{topic}", flow.name);
                     if reported.insert(key) {
                         error!(flow = %flow.name, topic = %topic, "not mirrored: {why}");
-                        self.metrics.errors.with_label_values(&[&flow.name, "discovery"]).inc();
+                        self.metrics
+                            .errors
+                            .with_label_values(&[&flow.name, "discovery"])
+                            .inc();
                     }
                 }
             }
@@ -305,7 +328,9 @@ impl Discovery {
                 // Wait (bounded) until metadata shows what was created.
                 for _ in 0..50 {
                     let d = dst.clone();
-                    if let Ok(Ok(t)) = tokio::task::spawn_blocking(move || list_topics(&d, timeout)).await {
+                    if let Ok(Ok(t)) =
+                        tokio::task::spawn_blocking(move || list_topics(&d, timeout)).await
+                    {
                         target_topics = t;
                     }
                     if take.iter().all(|(_, t, _)| target_topics.contains_key(t)) {
@@ -326,7 +351,10 @@ impl Discovery {
                             "target topic has fewer partitions than the source: partitions {tp}..{} are held (not mirrored, not remapped) until the target has them",
                             parts - 1
                         );
-                        self.metrics.errors.with_label_values(&[&flow.name, "partition_mismatch"]).inc();
+                        self.metrics
+                            .errors
+                            .with_label_values(&[&flow.name, "partition_mismatch"])
+                            .inc();
                     }
                 }
                 set.insert(
@@ -339,7 +367,10 @@ impl Discovery {
                     },
                 );
             }
-            self.metrics.topics_mirrored.with_label_values(&[&flow.name]).set(set.len() as i64);
+            self.metrics
+                .topics_mirrored
+                .with_label_values(&[&flow.name])
+                .set(set.len() as i64);
             tx.send_if_modified(|cur| {
                 if **cur != set {
                     *cur = Arc::new(set);
@@ -375,7 +406,14 @@ mod tests {
     #[test]
     fn selects_renames_and_prevents_cycles() {
         let r = rules(&[".*"], &["tmp\\..*"], "{source}.{topic}");
-        let src = topics(&["orders", "tmp.x", "__consumer_offsets", "west.orders", "heartbeats", "east.checkpoints.internal"]);
+        let src = topics(&[
+            "orders",
+            "tmp.x",
+            "__consumer_offsets",
+            "west.orders",
+            "heartbeats",
+            "east.checkpoints.internal",
+        ]);
         let (take, skip) = decide(&r, "east", "west", &src, &mut HashMap::new());
         assert_eq!(take, vec![("orders".into(), "east.orders".into(), 3)]);
         let why: BTreeMap<_, _> = skip.into_iter().collect();
@@ -383,13 +421,22 @@ mod tests {
         assert_eq!(why["tmp.x"], Skip::Excluded("tmp\\..*".into()));
         assert!(matches!(why["__consumer_offsets"], Skip::Internal(_)));
         assert!(matches!(why["heartbeats"], Skip::Internal(_)));
-        assert!(matches!(why["east.checkpoints.internal"], Skip::Internal(_)));
+        assert!(matches!(
+            why["east.checkpoints.internal"],
+            Skip::Internal(_)
+        ));
     }
 
     #[test]
     fn identity_rename_keeps_names() {
         let r = rules(&["a|b"], &[], "{topic}");
-        let (take, skip) = decide(&r, "east", "west", &topics(&["a", "b", "c"]), &mut HashMap::new());
+        let (take, skip) = decide(
+            &r,
+            "east",
+            "west",
+            &topics(&["a", "b", "c"]),
+            &mut HashMap::new(),
+        );
         assert_eq!(take.len(), 2);
         assert_eq!(take[0].1, "a");
         assert_eq!(skip, vec![("c".into(), Skip::NotIncluded)]);
@@ -405,6 +452,8 @@ mod tests {
         assert_eq!(t1[0].1, "east.a");
         let (t2, s2) = decide(&f2, "east", "west", &topics(&["east.a", "a"]), &mut claimed);
         assert!(t2.is_empty());
-        assert!(s2.iter().any(|(t, s)| t == "a" && matches!(s, Skip::TargetTaken { .. })));
+        assert!(s2
+            .iter()
+            .any(|(t, s)| t == "a" && matches!(s, Skip::TargetTaken { .. })));
     }
 }

@@ -12,8 +12,13 @@
 //!
 //! Data flow and delivery guarantee: see `README.md` and `DESIGN.md`.
 
+pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod discovery;
+pub mod flow;
 pub mod kafka;
+pub mod metrics;
+pub mod offsets;
 pub mod policy;

@@ -113,7 +113,9 @@ impl Metrics {
             topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
             registry: r,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         m.heartbeats.inc_by(0);
         m
     }
@@ -121,7 +123,13 @@ impl Metrics {
     /// Creates the label sets a flow always exports, so that dashboards see
     /// every series from the start (at zero).
     pub fn init_flow(&self, flow: &str) {
-        for stage in ["produce", "consume", "partition_mismatch", "discovery", "offset_sync"] {
+        for stage in [
+            "produce",
+            "consume",
+            "partition_mismatch",
+            "discovery",
+            "offset_sync",
+        ] {
             self.errors.with_label_values(&[flow, stage]);
         }
         for reason in ["stopped", "held", "backpressure"] {
@@ -200,7 +208,9 @@ impl Health {
                 why.push(format!("flow {flow}: no partitions assigned"));
             }
             if *stopped > 0 {
-                why.push(format!("flow {flow}: {stopped} partition(s) stopped by an error"));
+                why.push(format!(
+                    "flow {flow}: {stopped} partition(s) stopped by an error"
+                ));
             }
         }
         if why.is_empty() {

@@ -55,13 +55,19 @@ impl<'a> Reader<'a> {
         Ok(h)
     }
     fn i16(&mut self, f: &'static str) -> Result<i16, DecodeError> {
-        Ok(i16::from_be_bytes(self.take(2, f)?.try_into().expect("2 bytes")))
+        Ok(i16::from_be_bytes(
+            self.take(2, f)?.try_into().expect("2 bytes"),
+        ))
     }
     fn i32(&mut self, f: &'static str) -> Result<i32, DecodeError> {
-        Ok(i32::from_be_bytes(self.take(4, f)?.try_into().expect("4 bytes")))
+        Ok(i32::from_be_bytes(
+            self.take(4, f)?.try_into().expect("4 bytes"),
+        ))
     }
     fn i64(&mut self, f: &'static str) -> Result<i64, DecodeError> {
-        Ok(i64::from_be_bytes(self.take(8, f)?.try_into().expect("8 bytes")))
+        Ok(i64::from_be_bytes(
+            self.take(8, f)?.try_into().expect("8 bytes"),
+        ))
     }
     fn string(&mut self, f: &'static str) -> Result<String, DecodeError> {
         let n = self.i16(f)?;
@@ -290,7 +296,9 @@ mod tests {
             downstream_offset: -1,
         };
         let key = [0, 1, b't', 0, 0, 0, 1];
-        let value = [0, 0, 0, 0, 0, 0, 0, 7, 255, 255, 255, 255, 255, 255, 255, 255];
+        let value = [
+            0, 0, 0, 0, 0, 0, 0, 7, 255, 255, 255, 255, 255, 255, 255, 255,
+        ];
         assert_eq!(os.key(), key);
         assert_eq!(os.value(), value);
         assert_eq!(OffsetSync::decode(&key, &value).unwrap(), os);

@@ -477,3 +477,122 @@ pub fn write_config(dir: &Path, source: &Broker, target: &Broker, extra: &str) -
 pub fn kmirror_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kmirror"))
 }
+
+/// A `kmirror run` child process; killed (SIGKILL) on drop.
+pub struct KmirrorProc {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl KmirrorProc {
+    /// Starts `kmirror run --config PATH`, logging to `log` (appended).
+    pub fn start(config: &Path, log: &Path) -> KmirrorProc {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(kmirror_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("KMIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start kmirror");
+        KmirrorProc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// PID while running.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal (by number) to the process.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the exit code (None on timeout).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(st) = c.try_wait().unwrap() {
+                    self.child = None;
+                    return Some(st.code().unwrap_or(-1));
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for KmirrorProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sum of (high − low) watermarks over all partitions of a topic; 0 when
+/// the topic does not exist.
+pub fn count(broker: &Broker, topic: &str) -> i64 {
+    let Some(parts) = broker.partitions(topic) else {
+        return 0;
+    };
+    let c = broker.consumer(None);
+    (0..parts as i32)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map(|(lo, hi)| hi - lo)
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Waits until `topic` on `broker` holds at least `n` records.
+pub fn wait_count(broker: &Broker, topic: &str, n: i64, timeout: Duration, k: &KmirrorProc) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = count(broker, topic);
+        if have >= n {
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = k.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{topic}: {have} of {n} records after {timeout:?}; kmirror log tail:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

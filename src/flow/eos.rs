@@ -1,0 +1,352 @@
+//! Exactly-once without broker transactions: the resume position of a
+//! partition is derived from the target, not from the source group's commit.
+//!
+//! On every assignment, for each partition:
+//! 1. take the latest offset-sync point `(s, t)` (source offset `s` was
+//!    written at target offset `t`): from `kmirror-offset-syncs.<source>.internal`
+//!    (every process's points) and from this process's own acknowledgements;
+//! 2. read the target records after `t` and the source records after `s`
+//!    side by side: a target record equal to the next source record (key,
+//!    value, timestamp, headers) is that record, already mirrored; one that
+//!    is not is a record some other producer wrote, and is passed over;
+//! 3. resume at the first source record not found in the target.
+//!
+//! Record bytes are not altered (no extra header). This covers a crash,
+//! kill -9, restart and a rebalance with a clean revoke, because the
+//! idempotent producer writes each partition in order and one process owns
+//! a partition at a time. It cannot cover a hung ("zombie") process that
+//! still produces after its partitions moved: such writes are detected
+//! afterwards (`kmirror_errors_total{stage="foreign_writer"}` and a WARN)
+//! but not prevented. Target retention shorter than the time since the last
+//! sync point is not supported (the points are written every
+//! [`super::SYNC_EVERY`] records, so the tail is short).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::PROVENANCE_HEADER;
+use crate::config::ClusterConfig;
+use crate::kafka::{self, KContext, Role};
+use crate::offsets::codec::OffsetSync;
+
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Derives resume positions; owns two group-less readers.
+pub struct Resolver {
+    source: BaseConsumer<KContext>,
+    target: BaseConsumer<KContext>,
+    /// Source records with this provenance header value are never mirrored.
+    skip_alias: Option<String>,
+    syncs_topic: String,
+    syncs_pos: i64,
+    syncs: HashMap<(String, i32), (i64, i64)>,
+}
+
+fn reader(c: &ClusterConfig) -> anyhow::Result<BaseConsumer<KContext>> {
+    let mut cfg = kafka::client_config(c, Role::Consumer, "kmirror-eos-reader");
+    cfg.set("enable.auto.commit", "false");
+    cfg.set("enable.partition.eof", "false");
+    cfg.set("group.id", "kmirror-eos-reader-unused");
+    Ok(cfg.create_with_context(KContext::default())?)
+}
+
+fn headers_of(m: &OwnedMessage) -> Vec<(String, Option<Vec<u8>>)> {
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True when target record `t` is the mirror of source record `s`.
+pub fn same_record(s: &OwnedMessage, t: &OwnedMessage) -> bool {
+    if s.key() != t.key() || s.payload() != t.payload() {
+        return false;
+    }
+    if s.timestamp().to_millis() != t.timestamp().to_millis() {
+        return false;
+    }
+    let sh = headers_of(s);
+    let mut th = headers_of(t);
+    if th.len() == sh.len() + 1 && th.last().is_some_and(|(k, _)| k == PROVENANCE_HEADER) {
+        th.pop();
+    }
+    sh == th
+}
+
+impl Resolver {
+    /// Connects the readers.
+    pub fn new(
+        source: &ClusterConfig,
+        target: &ClusterConfig,
+        skip_alias: Option<String>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            source: reader(source)?,
+            target: reader(target)?,
+            skip_alias,
+            syncs_topic: String::new(),
+            syncs_pos: 0,
+            syncs: HashMap::new(),
+        })
+    }
+
+    /// Reads every offset-sync point persisted so far; returns the latest
+    /// per partition.
+    pub fn load_syncs(
+        &mut self,
+        topic: &str,
+    ) -> anyhow::Result<HashMap<(String, i32), (i64, i64)>> {
+        self.syncs_topic = topic.to_string();
+        self.syncs_pos = 0;
+        self.catch_up_syncs()
+            .map_err(|e| anyhow::anyhow!("cannot read {topic} on the target: {e}"))?;
+        Ok(self.syncs.clone())
+    }
+
+    fn catch_up_syncs(&mut self) -> Result<(), String> {
+        let md = self
+            .target
+            .fetch_metadata(None, READ_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        if !md
+            .topics()
+            .iter()
+            .any(|t| t.name() == self.syncs_topic && !t.partitions().is_empty())
+        {
+            return Ok(());
+        }
+        let (lo, hi) = self
+            .target
+            .fetch_watermarks(&self.syncs_topic, 0, READ_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let from = self.syncs_pos.max(lo);
+        if from >= hi {
+            return Ok(());
+        }
+        let topic = self.syncs_topic.clone();
+        let recs = read(&self.target, &topic, 0, from, hi)?;
+        for m in recs {
+            if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                if let Ok(s) = OffsetSync::decode(k, v) {
+                    let e = self.syncs.entry((s.topic, s.partition)).or_insert((-1, -1));
+                    if s.downstream_offset > e.1 {
+                        *e = (s.upstream_offset, s.downstream_offset);
+                    }
+                }
+            }
+        }
+        self.syncs_pos = hi;
+        Ok(())
+    }
+
+    /// The source offset to resume `partition` from, or `None` when the
+    /// target holds nothing of it (start from the committed offset).
+    pub fn resume(
+        &mut self,
+        source_topic: &str,
+        target_topic: &str,
+        partition: i32,
+        own_last_sync: Option<(i64, i64)>,
+    ) -> Result<Option<i64>, String> {
+        self.catch_up_syncs()?;
+        let persisted = self
+            .syncs
+            .get(&(source_topic.to_string(), partition))
+            .copied();
+        let last = match (persisted, own_last_sync) {
+            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let (tlo, thi) = self
+            .target
+            .fetch_watermarks(target_topic, partition, READ_TIMEOUT)
+            .map_err(|e| format!("target watermarks of {target_topic}/{partition}: {e}"))?;
+        let (slo, shi) = self
+            .source
+            .fetch_watermarks(source_topic, partition, READ_TIMEOUT)
+            .map_err(|e| format!("source watermarks of {source_topic}/{partition}: {e}"))?;
+        if thi <= tlo {
+            return Ok(last.map(|(s, _)| s + 1));
+        }
+        let (s_from, t_from) = match last {
+            Some((s, t)) if t >= tlo && t < thi => (s + 1, t + 1),
+            _ => (slo, tlo),
+        };
+        if t_from >= thi {
+            return Ok(Some(s_from));
+        }
+        let targets = read(&self.target, target_topic, partition, t_from, thi)?;
+        let s_to = shi.min(s_from.saturating_add(targets.len() as i64 * 2 + 1024));
+        let sources = if s_from < s_to {
+            read(&self.source, source_topic, partition, s_from, s_to)?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(walk(
+            &sources,
+            &targets,
+            s_from,
+            self.skip_alias.as_deref(),
+        )))
+    }
+}
+
+/// The walk of step 2: returns the first source offset not in `targets`.
+pub fn walk(
+    sources: &[OwnedMessage],
+    targets: &[OwnedMessage],
+    s_from: i64,
+    skip_alias: Option<&str>,
+) -> i64 {
+    let mut pos = s_from;
+    let mut si = 0;
+    for t in targets {
+        while si < sources.len() {
+            let s = &sources[si];
+            let skipped = skip_alias.is_some_and(|a| {
+                s.headers().is_some_and(|hs| {
+                    hs.iter()
+                        .any(|h| h.key == PROVENANCE_HEADER && h.value == Some(a.as_bytes()))
+                })
+            });
+            if skipped {
+                pos = s.offset() + 1;
+                si += 1;
+                continue;
+            }
+            if same_record(s, t) {
+                pos = s.offset() + 1;
+                si += 1;
+            }
+            // A target record that is not the next source record was
+            // written by someone else: pass over it.
+            break;
+        }
+    }
+    pos
+}
+
+/// Reads records `[from, to)` of one partition (offsets may have gaps).
+fn read(
+    c: &BaseConsumer<KContext>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> Result<Vec<OwnedMessage>, String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| e.to_string())?;
+    c.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while out.last().map_or(from, |m: &OwnedMessage| m.offset() + 1) < to {
+        if Instant::now() > deadline {
+            let _ = c.unassign();
+            return Err(format!(
+                "timed out reading {topic}/{partition} [{from}, {to})"
+            ));
+        }
+        match c.poll(READ_TIMEOUT) {
+            Some(Ok(m)) => {
+                if m.topic() == topic && m.partition() == partition && m.offset() < to {
+                    out.push(m.detach());
+                }
+            }
+            Some(Err(e)) => {
+                let _ = c.unassign();
+                return Err(format!("reading {topic}/{partition}: {e}"));
+            }
+            None => {
+                // No record within the timeout: the rest are offsets without
+                // records (compaction, transaction markers) only if the
+                // position moved past them.
+                let pos = c.position().ok().and_then(|p| {
+                    p.find_partition(topic, partition)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                });
+                if pos.is_some_and(|p| p >= to) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = c.unassign();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, Timestamp};
+
+    fn rec(offset: i64, key: &str, prov: Option<&str>) -> OwnedMessage {
+        let headers = prov.map(|p| {
+            OwnedHeaders::new().insert(Header {
+                key: PROVENANCE_HEADER,
+                value: Some(p),
+            })
+        });
+        OwnedMessage::new(
+            Some(key.as_bytes().to_vec()),
+            Some(key.as_bytes().to_vec()),
+            "t".into(),
+            Timestamp::CreateTime(1000),
+            0,
+            offset,
+            headers,
+        )
+    }
+
+    #[test]
+    fn walk_finds_the_first_unmirrored_record() {
+        let src = vec![
+            rec(10, "a", None),
+            rec(11, "b", None),
+            rec(13, "c", None),
+            rec(14, "d", None),
+        ];
+        // Target holds a, b, c (offset 12 is a gap on the source).
+        let tgt = vec![
+            rec(100, "a", None),
+            rec(101, "b", None),
+            rec(102, "c", None),
+        ];
+        assert_eq!(walk(&src, &tgt, 10, None), 14);
+        assert_eq!(walk(&src, &[], 10, None), 10);
+    }
+
+    #[test]
+    fn walk_passes_over_foreign_target_records() {
+        let src = vec![rec(0, "a", None), rec(1, "b", None), rec(2, "c", None)];
+        let tgt = vec![
+            rec(5, "x", None),
+            rec(6, "a", None),
+            rec(7, "y", None),
+            rec(8, "b", None),
+        ];
+        assert_eq!(walk(&src, &tgt, 0, None), 2);
+    }
+
+    #[test]
+    fn walk_skips_records_that_came_from_the_target() {
+        let src = vec![
+            rec(0, "a", None),
+            rec(1, "w", Some("west")),
+            rec(2, "b", None),
+            rec(3, "c", None),
+        ];
+        let tgt = vec![rec(0, "a", Some("east")), rec(1, "b", Some("east"))];
+        assert_eq!(walk(&src, &tgt, 0, Some("west")), 3);
+    }
+}

@@ -1,0 +1,992 @@
+//! The replication flow: one source consumer (the flow's consumer group)
+//! and one idempotent target producer per flow, driven from one thread.
+//!
+//! - **Order and fidelity**: each record goes to the same partition number
+//!   of the target topic with its key, value (null stays null), headers in
+//!   order and timestamp.
+//! - **At-least-once**: a source offset is stored for commit only after the
+//!   target acknowledged that record and every record before it in the
+//!   partition (delivery reports arrive in order per partition).
+//! - **Refusals**: a record the target refuses permanently stops its
+//!   partition (paused, nothing after it committed), with an ERROR and
+//!   `kmirror_partitions_paused{reason="stopped"}`; the others go on.
+//! - **Backpressure**: the producer queue is bounded
+//!   (`producer_queue_kbytes`); when it is full, consumption waits.
+//! - **Offset syncs**: acknowledged (source, target) offset pairs where the
+//!   delta changes (and every [`SYNC_EVERY`] records) are written to
+//!   `kmirror-offset-syncs.<source>.internal`.
+//! - **Exactly-once**: see [`eos`].
+
+pub mod eos;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::{Histogram, IntCounter, IntGauge};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{ClusterConfig, Delivery, FlowConfig, RuntimeConfig};
+use crate::discovery::MirrorSet;
+use crate::kafka::{self, Role};
+use crate::metrics::{Health, Metrics};
+use crate::offsets::codec::OffsetSync;
+
+/// The header that names the cluster a record was mirrored from.
+pub const PROVENANCE_HEADER: &str = "kmirror-source";
+
+/// An offset-sync point is written at least every this many records per
+/// partition, so that an exactly-once resume reads a short tail.
+pub const SYNC_EVERY: u64 = 1000;
+
+/// Opaque of internal records (offset syncs).
+const INTERNAL: usize = usize::MAX;
+const OFFSET_BITS: u32 = 48;
+const OFFSET_MASK: usize = (1 << OFFSET_BITS) - 1;
+
+/// Name of the offset-sync topic on the target.
+pub fn offset_syncs_topic(source_alias: &str) -> String {
+    format!("kmirror-offset-syncs.{source_alias}.internal")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Why a partition stopped.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// First source offset not acknowledged.
+    first: i64,
+    /// Error of the first refusal.
+    error: String,
+    /// Every refused (source offset, record bytes, error code).
+    refused: Vec<(i64, usize, Option<RDKafkaErrorCode>)>,
+    reported: bool,
+}
+
+/// State of one assigned source partition, shared by the consume loop and
+/// the producer's delivery callback.
+struct Slot {
+    topic: String,
+    partition: i32,
+    target: String,
+    /// Next source offset that is safe to commit (-1: none yet).
+    acked: AtomicI64,
+    /// Offset after the last record skipped without producing (provenance).
+    skip_to: AtomicI64,
+    /// Records handed to the producer and not yet reported.
+    inflight: AtomicI64,
+    /// Target offset − source offset of the last acknowledged record.
+    last_delta: AtomicI64,
+    /// Source and target offsets of the last acknowledged record.
+    last_src: AtomicI64,
+    last_tgt: AtomicI64,
+    since_sync: AtomicU64,
+    foreign_warned: AtomicBool,
+    failure: Mutex<Option<Failure>>,
+    /// Last offset stored for commit (consume loop only).
+    stored: AtomicI64,
+    records: IntCounter,
+    bytes: IntCounter,
+    latency: Histogram,
+    age: Histogram,
+    lag: IntGauge,
+}
+
+impl Slot {
+    fn failed(&self) -> bool {
+        self.failure.lock().map(|f| f.is_some()).unwrap_or(true)
+    }
+}
+
+/// State shared between the consume loop, the rebalance callback and the
+/// delivery callback.
+struct Shared {
+    flow: String,
+    source_alias: String,
+    delivery: Delivery,
+    metrics: Arc<Metrics>,
+    slots: RwLock<Vec<Arc<Slot>>>,
+    /// topic -> partition -> slot index.
+    index: Mutex<HashMap<String, HashMap<i32, usize>>>,
+    pending_syncs: Mutex<Vec<OffsetSync>>,
+    /// Latest known sync point per (source topic, partition).
+    last_syncs: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    mirror: Mutex<Arc<MirrorSet>>,
+    queue: IntGauge,
+}
+
+impl Shared {
+    fn slot(&self, idx: usize) -> Option<Arc<Slot>> {
+        self.slots.read().ok().and_then(|s| s.get(idx).cloned())
+    }
+
+    fn slot_for(&self, topic: &str, partition: i32) -> Option<(usize, Arc<Slot>)> {
+        let idx = *self.index.lock().ok()?.get(topic)?.get(&partition)?;
+        self.slot(idx).map(|s| (idx, s))
+    }
+
+    /// Creates (or resets) the slot of a newly assigned partition.
+    fn assign(&self, topic: &str, partition: i32, target: &str) -> usize {
+        let m = &self.metrics;
+        let p = partition.to_string();
+        let labels = [self.flow.as_str(), topic, p.as_str()];
+        let slot = Arc::new(Slot {
+            topic: topic.to_string(),
+            partition,
+            target: target.to_string(),
+            acked: AtomicI64::new(-1),
+            skip_to: AtomicI64::new(-1),
+            inflight: AtomicI64::new(0),
+            last_delta: AtomicI64::new(i64::MIN),
+            last_src: AtomicI64::new(-1),
+            last_tgt: AtomicI64::new(-1),
+            since_sync: AtomicU64::new(0),
+            foreign_warned: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            stored: AtomicI64::new(-1),
+            records: m.records.with_label_values(&labels),
+            bytes: m.bytes.with_label_values(&labels),
+            latency: m
+                .replication_latency
+                .with_label_values(&[&self.flow, topic]),
+            age: m.record_age.with_label_values(&[&self.flow, topic]),
+            lag: m.lag.with_label_values(&labels),
+        });
+        let mut index = self.index.lock().expect("index lock");
+        let parts = index.entry(topic.to_string()).or_default();
+        let mut slots = self.slots.write().expect("slots lock");
+        match parts.get(&partition) {
+            Some(&i) => {
+                slots[i] = slot;
+                i
+            }
+            None => {
+                slots.push(slot);
+                let i = slots.len() - 1;
+                parts.insert(partition, i);
+                i
+            }
+        }
+    }
+
+    fn unassign(&self, topic: &str, partition: i32) {
+        if let Ok(mut index) = self.index.lock() {
+            if let Some(parts) = index.get_mut(topic) {
+                parts.remove(&partition);
+            }
+        }
+        let p = partition.to_string();
+        let _ = self
+            .metrics
+            .lag
+            .remove_label_values(&[&self.flow, topic, &p]);
+    }
+
+    fn assigned(&self) -> Vec<Arc<Slot>> {
+        let index = match self.index.lock() {
+            Ok(i) => i,
+            Err(_) => return Vec::new(),
+        };
+        let slots = match self.slots.read() {
+            Ok(s) => s,
+            Err(_) => return Vec::new(),
+        };
+        index
+            .values()
+            .flat_map(|ps| ps.values())
+            .filter_map(|&i| slots.get(i).cloned())
+            .collect()
+    }
+}
+
+fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            error!(target: "librdkafka", facility = fac, "{msg}")
+        }
+        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility = fac, "{msg}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            info!(target: "librdkafka", facility = fac, "{msg}")
+        }
+        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility = fac, "{msg}"),
+    }
+}
+
+/// Producer context: turns delivery reports into committed positions,
+/// metrics and offset-sync points.
+struct DeliveryCtx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for DeliveryCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_librdkafka(level, fac, msg)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared
+            .metrics
+            .errors
+            .with_label_values(&[&self.shared.flow, "producer"])
+            .inc();
+        warn!(flow = %self.shared.flow, %error, "target producer: {reason}");
+    }
+}
+
+fn record_size<M: Message>(m: &M) -> usize {
+    let h = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| h.key.len() + h.value.map_or(0, |v| v.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    m.key().map_or(0, |k| k.len()) + m.payload().map_or(0, |p| p.len()) + h
+}
+
+impl ProducerContext for DeliveryCtx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let sh = &self.shared;
+        sh.queue.dec();
+        if opaque == INTERNAL {
+            match result {
+                Ok(_) => sh.metrics.offset_syncs.with_label_values(&[&sh.flow]).inc(),
+                Err((e, _)) => {
+                    sh.metrics
+                        .errors
+                        .with_label_values(&[&sh.flow, "offset_sync"])
+                        .inc();
+                    warn!(flow = %sh.flow, error = %e, "cannot write an offset-sync point");
+                }
+            }
+            return;
+        }
+        let idx = opaque >> OFFSET_BITS;
+        let src = (opaque & OFFSET_MASK) as i64;
+        let Some(slot) = sh.slot(idx) else { return };
+        match result {
+            Ok(m) => {
+                let tgt = m.offset();
+                let failed = slot.failed();
+                if !failed {
+                    slot.acked.fetch_max(src + 1, Ordering::AcqRel);
+                }
+                slot.records.inc();
+                slot.bytes.inc_by(record_size(m) as u64);
+                if let Some(ts) = m.timestamp().to_millis() {
+                    slot.latency
+                        .observe(((now_ms() - ts).max(0) as f64) / 1000.0);
+                }
+                let prev_src = slot.last_src.swap(src, Ordering::AcqRel);
+                let prev_tgt = slot.last_tgt.swap(tgt, Ordering::AcqRel);
+                if prev_src >= 0
+                    && src == prev_src + 1
+                    && tgt > prev_tgt + 1
+                    && !slot.foreign_warned.swap(true, Ordering::AcqRel)
+                {
+                    sh.metrics
+                        .errors
+                        .with_label_values(&[&sh.flow, "foreign_writer"])
+                        .inc();
+                    warn!(
+                        flow = %sh.flow, topic = %slot.topic, partition = slot.partition,
+                        target = %slot.target, source_offset = src, target_offset = tgt,
+                        "another writer produced to the target partition between two mirrored records{}",
+                        if sh.delivery == Delivery::ExactlyOnce {
+                            " (exactly-once cannot hold if a second kmirror process still writes this partition)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                let delta = tgt - src;
+                let n = slot.since_sync.fetch_add(1, Ordering::AcqRel) + 1;
+                if slot.last_delta.swap(delta, Ordering::AcqRel) != delta || n >= SYNC_EVERY {
+                    slot.since_sync.store(0, Ordering::Release);
+                    if let Ok(mut p) = sh.pending_syncs.lock() {
+                        p.push(OffsetSync {
+                            topic: slot.topic.clone(),
+                            partition: slot.partition,
+                            upstream_offset: src,
+                            downstream_offset: tgt,
+                        });
+                    }
+                }
+            }
+            Err((e, m)) => {
+                let code = e.rdkafka_error_code();
+                if let Ok(mut f) = slot.failure.lock() {
+                    let f = f.get_or_insert_with(|| Failure {
+                        first: src,
+                        error: e.to_string(),
+                        refused: Vec::new(),
+                        reported: false,
+                    });
+                    f.first = f.first.min(src);
+                    f.refused.push((src, record_size(m), code));
+                }
+            }
+        }
+        if slot.inflight.fetch_sub(1, Ordering::AcqRel) == 1 && !slot.failed() {
+            let skip = slot.skip_to.load(Ordering::Acquire);
+            if skip >= 0 {
+                slot.acked.fetch_max(skip, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// Consumer context: rebalance handling (drain and commit on revoke,
+/// exactly-once resume on assign) and lag from librdkafka statistics.
+struct FlowConsumerCtx {
+    shared: Arc<Shared>,
+    producer: Mutex<Option<ThreadedProducer<DeliveryCtx>>>,
+    eos: Option<Mutex<eos::Resolver>>,
+    drain_timeout: Duration,
+    /// Partitions assigned since the loop last looked (to hold or resume).
+    newly_assigned: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for FlowConsumerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_librdkafka(level, fac, msg)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared
+            .metrics
+            .errors
+            .with_label_values(&[&self.shared.flow, "consume"])
+            .inc();
+        warn!(flow = %self.shared.flow, %error, "source consumer: {reason}");
+    }
+    fn stats_raw(&self, json: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Stats {
+            #[serde(default)]
+            topics: HashMap<String, TopicStats>,
+        }
+        #[derive(serde::Deserialize)]
+        struct TopicStats {
+            #[serde(default)]
+            partitions: HashMap<String, PartStats>,
+        }
+        #[derive(serde::Deserialize)]
+        struct PartStats {
+            #[serde(default = "minus_one")]
+            hi_offset: i64,
+            #[serde(default = "minus_one")]
+            committed_offset: i64,
+        }
+        fn minus_one() -> i64 {
+            -1
+        }
+        let Ok(stats) = serde_json::from_slice::<Stats>(json) else {
+            return;
+        };
+        for (topic, ts) in stats.topics {
+            for (p, ps) in ts.partitions {
+                let Ok(p) = p.parse::<i32>() else { continue };
+                if p < 0 || ps.hi_offset < 0 {
+                    continue;
+                }
+                if let Some((_, slot)) = self.shared.slot_for(&topic, p) {
+                    let acked = slot.acked.load(Ordering::Acquire);
+                    let pos = if acked >= 0 {
+                        acked
+                    } else {
+                        ps.committed_offset
+                    };
+                    if pos >= 0 {
+                        slot.lag.set((ps.hi_offset - pos).max(0));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl FlowConsumerCtx {
+    fn producer(&self) -> Option<ThreadedProducer<DeliveryCtx>> {
+        self.producer.lock().ok().and_then(|p| p.clone())
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let mirror = self
+            .shared
+            .mirror
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let mut parts = Vec::new();
+        for e in tpl.elements() {
+            parts.push((e.topic().to_string(), e.partition()));
+        }
+        for (topic, p) in &parts {
+            let target = mirror
+                .get(topic)
+                .map(|m| m.target.clone())
+                .unwrap_or_default();
+            self.shared.assign(topic, *p, &target);
+            if let Some(eos) = &self.eos {
+                let last = self
+                    .shared
+                    .last_syncs
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&(topic.clone(), *p)).copied());
+                let resolved = eos
+                    .lock()
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut r| r.resume(topic, &target, *p, last));
+                match resolved {
+                    Ok(Some(pos)) => {
+                        info!(flow = %self.shared.flow, topic = %topic, partition = p, offset = pos, "exactly-once: resuming after the last record found in the target");
+                        let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(pos));
+                    }
+                    Ok(None) => {
+                        debug!(flow = %self.shared.flow, topic = %topic, partition = p, "exactly-once: target holds nothing of this partition yet; starting from the committed offset");
+                    }
+                    Err(e) => {
+                        self.shared
+                            .metrics
+                            .errors
+                            .with_label_values(&[&self.shared.flow, "eos_resume"])
+                            .inc();
+                        error!(flow = %self.shared.flow, topic = %topic, partition = p, error = %e, "exactly-once: cannot derive the resume position from the target; resuming from the committed offset (records after it may repeat)");
+                    }
+                }
+            }
+        }
+        let r = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = r {
+            error!(flow = %self.shared.flow, error = %e, "cannot take the assigned partitions");
+        }
+        if let Ok(mut n) = self.newly_assigned.lock() {
+            n.extend(parts);
+        }
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        // Drain: every record handed to the producer is acknowledged (or
+        // refused) before the partitions move, then their positions are
+        // committed, so the next owner starts where this one stopped.
+        if let Some(p) = self.producer() {
+            produce_syncs(&self.shared, &p);
+            if let Err(e) = p.flush(self.drain_timeout) {
+                warn!(flow = %self.shared.flow, error = %e, "revoke: producer did not drain in time; unacknowledged records will be mirrored again by the next owner");
+            }
+        }
+        let mut commit = TopicPartitionList::new();
+        for e in tpl.elements() {
+            if let Some((_, slot)) = self.shared.slot_for(e.topic(), e.partition()) {
+                let acked = slot.acked.load(Ordering::Acquire);
+                if acked >= 0 {
+                    let _ = commit.add_partition_offset(
+                        e.topic(),
+                        e.partition(),
+                        Offset::Offset(acked),
+                    );
+                }
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                warn!(flow = %self.shared.flow, error = %e, "revoke: commit failed");
+            }
+        }
+        for e in tpl.elements() {
+            self.shared.unassign(e.topic(), e.partition());
+        }
+        let r = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = r {
+            warn!(flow = %self.shared.flow, error = %e, "cannot release the revoked partitions");
+        }
+        info!(flow = %self.shared.flow, partitions = tpl.count(), "partitions revoked after draining");
+    }
+}
+
+impl ConsumerContext for FlowConsumerCtx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                error!(flow = %self.shared.flow, error = %code, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+fn produce_syncs(sh: &Shared, producer: &ThreadedProducer<DeliveryCtx>) {
+    let syncs: Vec<OffsetSync> = match sh.pending_syncs.lock() {
+        Ok(mut p) => std::mem::take(&mut *p),
+        Err(_) => return,
+    };
+    if syncs.is_empty() {
+        return;
+    }
+    let topic = offset_syncs_topic(&sh.source_alias);
+    for s in syncs {
+        let (k, v) = (s.key(), s.value());
+        if let Ok(mut m) = sh.last_syncs.lock() {
+            m.insert(
+                (s.topic.clone(), s.partition),
+                (s.upstream_offset, s.downstream_offset),
+            );
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&topic, INTERNAL)
+                .partition(0)
+                .key(&k[..])
+                .payload(&v[..]);
+        loop {
+            sh.queue.inc();
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    sh.queue.dec();
+                    if matches!(
+                        e,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    ) {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                    sh.metrics
+                        .errors
+                        .with_label_values(&[&sh.flow, "offset_sync"])
+                        .inc();
+                    warn!(flow = %sh.flow, error = %e, "cannot queue an offset-sync point");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Everything one flow's replicator needs.
+pub struct Replicator {
+    /// The flow.
+    pub flow: FlowConfig,
+    /// Source cluster.
+    pub source: ClusterConfig,
+    /// Target cluster.
+    pub target: ClusterConfig,
+    /// Process settings.
+    pub runtime: RuntimeConfig,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Health.
+    pub health: Arc<Health>,
+    /// The flow's mirror set, published by discovery.
+    pub mirror: watch::Receiver<Arc<MirrorSet>>,
+}
+
+impl Replicator {
+    /// Runs the flow on the calling thread until `shutdown` is cancelled,
+    /// then drains, commits and returns.
+    pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let flow = self.flow.name.clone();
+        let m = self.metrics.clone();
+        m.init_flow(&flow);
+        let shared = Arc::new(Shared {
+            flow: flow.clone(),
+            source_alias: self.source.alias.clone(),
+            delivery: self.flow.delivery,
+            metrics: m.clone(),
+            slots: RwLock::new(Vec::new()),
+            index: Mutex::new(HashMap::new()),
+            pending_syncs: Mutex::new(Vec::new()),
+            last_syncs: Mutex::new(HashMap::new()),
+            mirror: Mutex::new(Arc::new(MirrorSet::new())),
+            queue: m.producer_queue.with_label_values(&[&flow]),
+        });
+        let group = self.flow.group_id(&self.source.alias, &self.target.alias);
+        let client_id = format!("kmirror-{}-{}", flow, std::process::id());
+
+        let mut pcfg = kafka::client_config(&self.target, Role::Producer, &client_id);
+        kafka::apply_producer_owned(
+            &mut pcfg,
+            self.flow.compression.as_librdkafka(),
+            &self.runtime,
+        );
+        let producer: ThreadedProducer<DeliveryCtx> = pcfg.create_with_context(DeliveryCtx {
+            shared: shared.clone(),
+        })?;
+
+        let eos = if self.flow.delivery == Delivery::ExactlyOnce {
+            let mut r = eos::Resolver::new(
+                &self.source,
+                &self.target,
+                self.flow
+                    .provenance_header
+                    .then(|| self.target.alias.clone()),
+            )?;
+            let loaded = r.load_syncs(&offset_syncs_topic(&self.source.alias))?;
+            if let Ok(mut m) = shared.last_syncs.lock() {
+                *m = loaded;
+            }
+            Some(Mutex::new(r))
+        } else {
+            None
+        };
+
+        let mut ccfg = kafka::client_config(&self.source, Role::Consumer, &client_id);
+        kafka::apply_consumer_owned(&mut ccfg, &group, &self.runtime);
+        ccfg.set("statistics.interval.ms", "5000");
+        let consumer: BaseConsumer<FlowConsumerCtx> =
+            ccfg.create_with_context(FlowConsumerCtx {
+                shared: shared.clone(),
+                producer: Mutex::new(Some(producer.clone())),
+                eos,
+                drain_timeout: self.runtime.shutdown_timeout,
+                newly_assigned: Mutex::new(Vec::new()),
+            })?;
+        info!(flow = %flow, group = %group, delivery = %self.flow.delivery, "flow started");
+
+        let mut subscribed: BTreeSet<String> = BTreeSet::new();
+        let mut held: BTreeSet<(String, i32)> = BTreeSet::new();
+        let mut stopped: BTreeSet<(String, i32)> = BTreeSet::new();
+        let mut last_house = Instant::now();
+        let provenance_skip = self
+            .flow
+            .provenance_header
+            .then(|| self.target.alias.clone());
+        let provenance_add = self
+            .flow
+            .provenance_header
+            .then(|| self.source.alias.clone());
+        self.mirror.mark_changed();
+
+        while !shutdown.is_cancelled() {
+            if self.mirror.has_changed().unwrap_or(false) {
+                let set = self.mirror.borrow_and_update().clone();
+                if let Ok(mut cur) = shared.mirror.lock() {
+                    *cur = set.clone();
+                }
+                let want: BTreeSet<String> = set.keys().cloned().collect();
+                if want != subscribed {
+                    let topics: Vec<&str> = want.iter().map(String::as_str).collect();
+                    if topics.is_empty() {
+                        consumer.unsubscribe();
+                    } else if let Err(e) = consumer.subscribe(&topics) {
+                        error!(flow = %flow, error = %e, "cannot subscribe");
+                    }
+                    for t in want.difference(&subscribed) {
+                        info!(flow = %flow, topic = %t, target = %set[t].target, "mirroring topic");
+                    }
+                    for t in subscribed.difference(&want) {
+                        info!(flow = %flow, topic = %t, "topic no longer selected; stopped mirroring it (records already mirrored stay)");
+                    }
+                    subscribed = want;
+                }
+                // Held partitions whose target partition now exists resume.
+                let ready: Vec<(String, i32)> = held
+                    .iter()
+                    .filter(|(t, p)| set.get(t).is_some_and(|m| *p < m.target_partitions))
+                    .cloned()
+                    .collect();
+                for (t, p) in ready {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&t, p);
+                    if consumer.resume(&tpl).is_ok() {
+                        info!(flow = %flow, topic = %t, partition = p, "target partition exists now; mirroring resumes");
+                        held.remove(&(t, p));
+                    }
+                }
+            }
+            let newly: Vec<(String, i32)> = consumer
+                .context()
+                .newly_assigned
+                .lock()
+                .map(|mut n| std::mem::take(&mut *n))
+                .unwrap_or_default();
+            if !newly.is_empty() {
+                let set = shared.mirror.lock().map(|m| m.clone()).unwrap_or_default();
+                for (t, p) in newly {
+                    let tp = set.get(&t).map_or(0, |m| m.target_partitions);
+                    if p >= tp {
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(&t, p);
+                        let _ = consumer.pause(&tpl);
+                        if tp > 0 {
+                            m.errors
+                                .with_label_values(&[&flow, "partition_mismatch"])
+                                .inc();
+                        }
+                        warn!(flow = %flow, topic = %t, partition = p, target_partitions = tp, "partition held: the target topic does not have it yet");
+                        held.insert((t, p));
+                    }
+                }
+            }
+
+            if last_house.elapsed() >= Duration::from_millis(100) {
+                last_house = Instant::now();
+                housekeeping(&shared, &consumer, &producer, &mut stopped);
+                m.partitions_paused
+                    .with_label_values(&[&flow, "held"])
+                    .set(held.len() as i64);
+                let assigned = shared.assigned().len();
+                m.partitions_assigned
+                    .with_label_values(&[&flow])
+                    .set(assigned as i64);
+                self.health.set_flow(&flow, assigned > 0, stopped.len());
+            }
+
+            let msg = match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Err(e)) => {
+                    m.errors.with_label_values(&[&flow, "consume"]).inc();
+                    warn!(flow = %flow, error = %e, "consume error");
+                    continue;
+                }
+                Some(Ok(msg)) => msg,
+            };
+            forward(
+                &shared,
+                &producer,
+                &msg,
+                provenance_skip.as_deref(),
+                provenance_add.as_deref(),
+                &shutdown,
+            );
+        }
+
+        info!(flow = %flow, "stopping: draining the producer and committing");
+        produce_syncs(&shared, &producer);
+        if let Err(e) = producer.flush(self.runtime.shutdown_timeout) {
+            warn!(flow = %flow, error = %e, "producer did not drain before the deadline; unacknowledged records are not committed and will be mirrored again");
+        }
+        produce_syncs(&shared, &producer);
+        let _ = producer.flush(Duration::from_secs(5));
+        housekeeping(&shared, &consumer, &producer, &mut stopped);
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
+                warn!(flow = %flow, error = %e, "final commit failed");
+            }
+        }
+        consumer.unsubscribe();
+        // Let the revoke callback run (it drains and commits again, quickly).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && !shared.assigned().is_empty() {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        if let Ok(mut p) = consumer.context().producer.lock() {
+            p.take();
+        }
+        drop(consumer);
+        info!(flow = %flow, "flow stopped");
+        Ok(())
+    }
+}
+
+/// Stores acknowledged positions for commit, reports stopped partitions
+/// and writes pending offset-sync points.
+fn housekeeping(
+    sh: &Shared,
+    consumer: &BaseConsumer<FlowConsumerCtx>,
+    producer: &ThreadedProducer<DeliveryCtx>,
+    stopped: &mut BTreeSet<(String, i32)>,
+) {
+    for slot in sh.assigned() {
+        let acked = slot.acked.load(Ordering::Acquire);
+        if acked > slot.stored.load(Ordering::Relaxed) {
+            match consumer.store_offset(&slot.topic, slot.partition, acked) {
+                Ok(()) => slot.stored.store(acked, Ordering::Relaxed),
+                Err(e) => {
+                    debug!(flow = %sh.flow, topic = %slot.topic, partition = slot.partition, error = %e, "cannot store offset")
+                }
+            }
+        }
+        let report = match slot.failure.lock() {
+            Ok(mut f) => match f.as_mut() {
+                Some(f) if !f.reported && slot.inflight.load(Ordering::Acquire) == 0 => {
+                    f.reported = true;
+                    Some(f.clone())
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(f) = report {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&slot.topic, slot.partition);
+            let _ = consumer.pause(&tpl);
+            stopped.insert((slot.topic.clone(), slot.partition));
+            sh.metrics
+                .errors
+                .with_label_values(&[&sh.flow, "produce"])
+                .inc();
+            sh.metrics
+                .partitions_paused
+                .with_label_values(&[&sh.flow, "stopped"])
+                .set(stopped.len() as i64);
+            // The broker refuses a whole batch for one oversized record:
+            // name the largest refused record as the one really refused.
+            let too_large = f
+                .refused
+                .iter()
+                .filter(|(_, _, c)| *c == Some(RDKafkaErrorCode::MessageSizeTooLarge))
+                .max_by_key(|(_, size, _)| *size);
+            let (offset, size) = match too_large {
+                Some((o, s, _)) => (*o, *s),
+                None => f
+                    .refused
+                    .iter()
+                    .min_by_key(|(o, _, _)| *o)
+                    .map(|(o, s, _)| (*o, *s))
+                    .unwrap_or((f.first, 0)),
+            };
+            error!(
+                flow = %sh.flow, topic = %slot.topic, partition = slot.partition, target = %slot.target,
+                offset, record_bytes = size, refused_in_batch = f.refused.len(), resume_offset = f.first,
+                reason = %f.error,
+                "the target refused a record: partition stopped, nothing from offset {} on is committed; fix the cause (e.g. raise the target topic's max.message.bytes) and restart kmirror to resume",
+                f.first
+            );
+        }
+    }
+    produce_syncs(sh, producer);
+}
+
+/// Sends one source record to the target; waits while the producer queue
+/// is full (backpressure), never drops it.
+fn forward(
+    sh: &Shared,
+    producer: &ThreadedProducer<DeliveryCtx>,
+    msg: &BorrowedMessage<'_>,
+    provenance_skip: Option<&str>,
+    provenance_add: Option<&str>,
+    shutdown: &CancellationToken,
+) {
+    let Some((idx, slot)) = sh.slot_for(msg.topic(), msg.partition()) else {
+        debug!(flow = %sh.flow, topic = msg.topic(), partition = msg.partition(), "record of an unassigned partition ignored (not committed)");
+        return;
+    };
+    if slot.target.is_empty() || slot.failed() {
+        return;
+    }
+    let offset = msg.offset();
+    let ts = msg.timestamp().to_millis();
+    if let Some(ts) = ts {
+        slot.age.observe(((now_ms() - ts).max(0) as f64) / 1000.0);
+    }
+    if let (Some(skip), Some(hs)) = (provenance_skip, msg.headers()) {
+        let from_target = hs
+            .iter()
+            .any(|h| h.key == PROVENANCE_HEADER && h.value == Some(skip.as_bytes()));
+        if from_target {
+            slot.skip_to.fetch_max(offset + 1, Ordering::AcqRel);
+            if slot.inflight.load(Ordering::Acquire) == 0 && !slot.failed() {
+                slot.acked.fetch_max(offset + 1, Ordering::AcqRel);
+            }
+            return;
+        }
+    }
+    let mut headers: Option<OwnedHeaders> = msg.headers().map(|h| h.detach());
+    if let Some(src) = provenance_add {
+        let hs = headers.take().unwrap_or_default();
+        headers = Some(hs.insert(Header {
+            key: PROVENANCE_HEADER,
+            value: Some(src),
+        }));
+    }
+    let opaque = (idx << OFFSET_BITS) | (offset as usize & OFFSET_MASK);
+    let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(&slot.target, opaque).partition(msg.partition());
+    if let Some(k) = msg.key() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = msg.payload() {
+        rec = rec.payload(v);
+    }
+    if let Some(ts) = ts {
+        rec = rec.timestamp(ts);
+    }
+    if let Some(h) = headers {
+        rec = rec.headers(h);
+    }
+    slot.inflight.fetch_add(1, Ordering::AcqRel);
+    sh.queue.inc();
+    let mut waited = false;
+    loop {
+        match producer.send(rec) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                if !waited {
+                    waited = true;
+                    sh.metrics
+                        .partitions_paused
+                        .with_label_values(&[&sh.flow, "backpressure"])
+                        .set(1);
+                }
+                if shutdown.is_cancelled() {
+                    // Not sent, so not acknowledged: it is not committed and
+                    // will be read again after the restart.
+                    sh.queue.dec();
+                    slot.inflight.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => {
+                sh.queue.dec();
+                let code = e.rdkafka_error_code();
+                if let Ok(mut f) = slot.failure.lock() {
+                    let f = f.get_or_insert_with(|| Failure {
+                        first: offset,
+                        error: e.to_string(),
+                        refused: Vec::new(),
+                        reported: false,
+                    });
+                    f.first = f.first.min(offset);
+                    f.refused.push((offset, record_size(msg), code));
+                }
+                slot.inflight.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
+    }
+    if waited {
+        sh.metrics
+            .partitions_paused
+            .with_label_values(&[&sh.flow, "backpressure"])
+            .set(0);
+    }
+}
