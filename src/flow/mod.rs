@@ -823,16 +823,33 @@ fn housekeeping(
     producer: &ThreadedProducer<DeliveryCtx>,
     stopped: &mut BTreeSet<(String, i32)>,
 ) {
-    for slot in sh.assigned() {
+    // Positions to commit: `acked` is the next offset to read (all before
+    // it acknowledged). `store_offsets` stores exactly these offsets.
+    let slots = sh.assigned();
+    let mut store = TopicPartitionList::new();
+    let mut stored = Vec::new();
+    for slot in &slots {
         let acked = slot.acked.load(Ordering::Acquire);
         if acked > slot.stored.load(Ordering::Relaxed) {
-            match consumer.store_offset(&slot.topic, slot.partition, acked) {
-                Ok(()) => slot.stored.store(acked, Ordering::Relaxed),
-                Err(e) => {
-                    debug!(flow = %sh.flow, topic = %slot.topic, partition = slot.partition, error = %e, "cannot store offset")
-                }
+            if store
+                .add_partition_offset(&slot.topic, slot.partition, Offset::Offset(acked))
+                .is_ok()
+            {
+                stored.push((slot.clone(), acked));
             }
         }
+    }
+    if store.count() > 0 {
+        match consumer.store_offsets(&store) {
+            Ok(()) => {
+                for (slot, acked) in stored {
+                    slot.stored.store(acked, Ordering::Relaxed);
+                }
+            }
+            Err(e) => debug!(flow = %sh.flow, error = %e, "cannot store offsets"),
+        }
+    }
+    for slot in slots {
         let report = match slot.failure.lock() {
             Ok(mut f) => match f.as_mut() {
                 Some(f) if !f.reported && slot.inflight.load(Ordering::Acquire) == 0 => {

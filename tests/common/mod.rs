@@ -91,20 +91,21 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker with in-memory storage and waits until it answers.
     pub fn start(name: &str) -> Broker {
-        Self::start_with(name, Storage::Memory)
+        Self::start_with(name, false)
     }
 
     /// Starts a broker with its data in a sqlite file (for restart tests).
     pub fn start_sqlite(name: &str) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("{name}.db"));
-        let mut b = Self::start_with(name, Storage::Sqlite(path));
-        b._dir = dir;
-        b
+        Self::start_with(name, true)
     }
 
-    fn start_with(name: &str, storage: Storage) -> Broker {
+    fn start_with(name: &str, sqlite: bool) -> Broker {
         let dir = tempfile::tempdir().unwrap();
+        let storage = if sqlite {
+            Storage::Sqlite(dir.path().join(format!("{name}.db")))
+        } else {
+            Storage::Memory
+        };
         let log = dir.path().join(format!("{name}.log"));
         let mut b = Broker {
             name: name.to_string(),
@@ -128,7 +129,7 @@ impl Broker {
             let url = format!("tcp://127.0.0.1:{}", self.port);
             let engine = match &self.storage {
                 Storage::Memory => format!("memory://{}/", self.name),
-                Storage::Sqlite(p) => format!("sqlite://{}", p.display()),
+                Storage::Sqlite(p) => format!("sqlite:///{}", p.display()),
             };
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -595,4 +596,52 @@ pub fn wait_count(broker: &Broker, topic: &str, n: i64, timeout: Duration, k: &K
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `n` small records numbered from `start`, spread over `partitions`;
+/// the value is `v-<i>`, which tests use to count copies.
+pub fn numbered(start: usize, n: usize, partitions: i32) -> Vec<Rec> {
+    (start..start + n)
+        .map(|i| {
+            Rec::new(
+                (i % partitions as usize) as i32,
+                Some(format!("k-{i}").as_bytes()),
+                Some(format!("v-{i}").as_bytes()),
+            )
+        })
+        .collect()
+}
+
+/// How many times each value occurs in a topic.
+pub fn value_counts(broker: &Broker, topic: &str) -> std::collections::HashMap<Vec<u8>, usize> {
+    let mut m = std::collections::HashMap::new();
+    for r in broker.read_all(topic) {
+        *m.entry(r.value.unwrap_or_default()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A free `127.0.0.1:PORT` for kmirror's HTTP server.
+pub fn http_listen() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// GET a path from kmirror's HTTP server: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }
