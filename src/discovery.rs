@@ -91,6 +91,9 @@ impl FlowRules {
     }
 }
 
+/// (source topic, target topic, partitions) of each topic a flow mirrors.
+pub type Taken = Vec<(String, String, i32)>;
+
 /// The decision of every flow for every source topic: a pure function.
 /// `claimed` (target topic -> flow) makes the first flow win a collision.
 pub fn decide(
@@ -99,7 +102,7 @@ pub fn decide(
     target_alias: &str,
     source_topics: &BTreeMap<String, i32>,
     claimed: &mut HashMap<String, String>,
-) -> (Vec<(String, String, i32)>, Vec<(String, Skip)>) {
+) -> (Taken, Vec<(String, Skip)>) {
     let mut take = Vec::new();
     let mut skip = Vec::new();
     for (topic, parts) in source_topics {

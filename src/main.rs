@@ -19,7 +19,10 @@ fn init_tracing(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(true)
             .init(),
-        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 

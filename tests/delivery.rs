@@ -204,3 +204,116 @@ fn scale_out_two_processes_one_killed_all_records_arrive() {
         );
     }
 }
+
+#[test]
+fn refused_record_stops_its_partition_only_and_resumes_after_fix() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("refuse");
+    let target = format!("src.{topic}");
+    src.create_topic(&topic, 3, &[]);
+    dst.create_topic(&target, 3, &[("max.message.bytes", "100000")]);
+    let mut records = numbered(0, 600, 3);
+    // Partition 0 gets the oversized record at its offset 100 (i = 300).
+    records[300].value = Some(vec![b'x'; 200_000]);
+    assert_eq!(records[300].partition, 0);
+    src.produce(&topic, &records);
+
+    let dir = tempfile::tempdir().unwrap();
+    let listen = http_listen();
+    let text = flow(&topic, "").replace("listen = \"\"", &format!("listen = \"{listen}\""));
+    let cfg = write_config(dir.path(), &src, &dst, &text);
+    let log = dir.path().join("kmirror.log");
+    let mut k = KmirrorProc::start(&cfg, &log);
+
+    // Partitions 1 and 2 are mirrored completely; partition 0 stops. The
+    // broker refuses the whole batch that holds the oversized record, so the
+    // records batched with it wait too; the log names the oversized one.
+    wait_until(Duration::from_secs(60), || {
+        k.log_text().contains("the target refused a record")
+    });
+    let logtext = k.log_text();
+    let line = logtext
+        .lines()
+        .find(|l| l.contains("the target refused a record"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains(&format!("topic={topic}")), "{line}");
+    assert!(line.contains("partition=0"), "{line}");
+    assert!(
+        line.contains("offset=100 "),
+        "names the refused record: {line}"
+    );
+    assert!(line.contains("record_bytes=200005"), "{line}");
+    let resume: i64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("resume_offset="))
+        .and_then(|v| v.parse().ok())
+        .expect("resume_offset in the log line");
+    assert!(resume <= 100, "{line}");
+    wait_until(Duration::from_secs(30), || {
+        count(&dst, &target) >= 400 + resume
+    });
+    let got = dst.read_all(&target);
+    let p0: Vec<_> = got.iter().filter(|r| r.partition == 0).collect();
+    for i in 0..resume {
+        let v = format!("v-{}", i * 3).into_bytes();
+        assert!(
+            p0.iter().any(|r| r.value.as_ref() == Some(&v)),
+            "record before the refused batch missing"
+        );
+    }
+    assert!(!p0
+        .iter()
+        .any(|r| r.value.as_ref().is_some_and(|v| v.len() == 200_000)));
+    for p in [1, 2] {
+        assert_eq!(
+            got.iter().filter(|r| r.partition == p).count(),
+            200,
+            "partition {p} keeps mirroring"
+        );
+    }
+    let (_, metrics) = http_get(&listen, "/metrics").unwrap();
+    assert!(
+        metrics.contains("kmirror_partitions_paused{flow=\"f\",reason=\"stopped\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l
+        .starts_with("kmirror_errors_total{flow=\"f\",stage=\"produce\"}")
+        && !l.ends_with(" 0")));
+    let (status, body) = http_get(&listen, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("stopped"), "{body}");
+
+    // Fix the cause, restart: the partition resumes with nothing lost.
+    k.signal("TERM");
+    assert_eq!(k.wait_exit(Duration::from_secs(30)), Some(0));
+    let admin = dst.admin();
+    let res = kmirror::kafka::incremental::incremental_alter_topic_configs(
+        admin.inner(),
+        &[(
+            target.clone(),
+            vec![kmirror::kafka::incremental::ConfigOp::Set(
+                "max.message.bytes".into(),
+                "1048576".into(),
+            )],
+        )],
+        Duration::from_secs(10),
+    )
+    .expect("IncrementalAlterConfigs");
+    assert_eq!(res, vec![(target.clone(), Ok(()))]);
+    let k = KmirrorProc::start(&cfg, &log);
+    let counts = {
+        wait_until(Duration::from_secs(60), || {
+            let c = value_counts(&dst, &target);
+            (0..600).all(|i| c.contains_key(format!("v-{i}").as_bytes()) || i == 300)
+                && c.keys().any(|v| v.len() == 200_000)
+        });
+        value_counts(&dst, &target)
+    };
+    assert!(
+        counts.keys().any(|v| v.len() == 200_000),
+        "the refused record arrives after the fix"
+    );
+    drop(k);
+}

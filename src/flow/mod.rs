@@ -800,11 +800,17 @@ impl Replicator {
                 warn!(flow = %flow, error = %e, "final commit failed");
             }
         }
-        consumer.unsubscribe();
-        // Let the revoke callback run (it drains and commits again, quickly).
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && !shared.assigned().is_empty() {
-            let _ = consumer.poll(Duration::from_millis(50));
+        // Close: the revoke callback drains and commits again (quickly),
+        // then the consumer leaves the group so that its partitions move at
+        // once instead of after the session timeout.
+        match consumer.close_queue() {
+            Ok(()) => {
+                let deadline = Instant::now() + self.runtime.shutdown_timeout;
+                while !consumer.closed() && Instant::now() < deadline {
+                    let _ = consumer.poll(Duration::from_millis(50));
+                }
+            }
+            Err(e) => warn!(flow = %flow, error = %e, "cannot close the consumer cleanly"),
         }
         if let Ok(mut p) = consumer.context().producer.lock() {
             p.take();
@@ -830,13 +836,12 @@ fn housekeeping(
     let mut stored = Vec::new();
     for slot in &slots {
         let acked = slot.acked.load(Ordering::Acquire);
-        if acked > slot.stored.load(Ordering::Relaxed) {
-            if store
+        if acked > slot.stored.load(Ordering::Relaxed)
+            && store
                 .add_partition_offset(&slot.topic, slot.partition, Offset::Offset(acked))
                 .is_ok()
-            {
-                stored.push((slot.clone(), acked));
-            }
+        {
+            stored.push((slot.clone(), acked));
         }
     }
     if store.count() > 0 {
@@ -893,7 +898,7 @@ fn housekeeping(
                 flow = %sh.flow, topic = %slot.topic, partition = slot.partition, target = %slot.target,
                 offset, record_bytes = size, refused_in_batch = f.refused.len(), resume_offset = f.first,
                 reason = %f.error,
-                "the target refused a record: partition stopped, nothing from offset {} on is committed; fix the cause (e.g. raise the target topic's max.message.bytes) and restart kmirror to resume",
+                "the target refused a record: partition stopped, nothing from offset {} on is committed (the broker refuses the whole batch; `offset` names the largest record of it); fix the cause (e.g. raise the target topic's max.message.bytes) and restart kmirror to resume",
                 f.first
             );
         }

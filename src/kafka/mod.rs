@@ -2,6 +2,8 @@
 //! settings, the client context that routes librdkafka's logs and errors to
 //! `tracing`, and a reachability probe.
 
+pub mod incremental;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
