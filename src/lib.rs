@@ -16,6 +16,8 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod config_sync;
+pub mod devcluster;
 pub mod discovery;
 pub mod flow;
 pub mod kafka;

@@ -9,7 +9,11 @@ use kmirror::cli::{Cli, LogFormat};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rdkafka logs a spurious error when a consumer that kmirror already
+        // closed is dropped; hide that module unless RUST_LOG asks for it.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,rdkafka::consumer::base_consumer=off")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -97,6 +97,10 @@ struct Slot {
     last_src: AtomicI64,
     last_tgt: AtomicI64,
     since_sync: AtomicU64,
+    /// Source offset of the last offset-sync point queued.
+    emitted_src: AtomicI64,
+    /// When the last idle point was queued (ms since the epoch).
+    idle_emit_ms: AtomicI64,
     foreign_warned: AtomicBool,
     failure: Mutex<Option<Failure>>,
     /// Last offset stored for commit (consume loop only).
@@ -109,6 +113,15 @@ struct Slot {
 }
 
 impl Slot {
+    fn sync_point(&self, upstream: i64, downstream: i64) -> OffsetSync {
+        OffsetSync {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            upstream_offset: upstream,
+            downstream_offset: downstream,
+        }
+    }
+
     fn failed(&self) -> bool {
         self.failure.lock().map(|f| f.is_some()).unwrap_or(true)
     }
@@ -157,6 +170,8 @@ impl Shared {
             last_src: AtomicI64::new(-1),
             last_tgt: AtomicI64::new(-1),
             since_sync: AtomicU64::new(0),
+            emitted_src: AtomicI64::new(-1),
+            idle_emit_ms: AtomicI64::new(0),
             foreign_warned: AtomicBool::new(false),
             failure: Mutex::new(None),
             stored: AtomicI64::new(-1),
@@ -320,17 +335,21 @@ impl ProducerContext for DeliveryCtx {
                         }
                     );
                 }
+                // Offset-sync points: where the delta changes, the last
+                // record of the old run and the first of the new one (so
+                // that translation knows no record lies between them);
+                // and every SYNC_EVERY records.
                 let delta = tgt - src;
                 let n = slot.since_sync.fetch_add(1, Ordering::AcqRel) + 1;
-                if slot.last_delta.swap(delta, Ordering::AcqRel) != delta || n >= SYNC_EVERY {
+                let changed = slot.last_delta.swap(delta, Ordering::AcqRel) != delta;
+                if changed || n >= SYNC_EVERY {
                     slot.since_sync.store(0, Ordering::Release);
+                    let emitted = slot.emitted_src.swap(src, Ordering::AcqRel);
                     if let Ok(mut p) = sh.pending_syncs.lock() {
-                        p.push(OffsetSync {
-                            topic: slot.topic.clone(),
-                            partition: slot.partition,
-                            upstream_offset: src,
-                            downstream_offset: tgt,
-                        });
+                        if changed && prev_src >= 0 && emitted != prev_src {
+                            p.push(slot.sync_point(prev_src, prev_tgt));
+                        }
+                        p.push(slot.sync_point(src, tgt));
                     }
                 }
             }
@@ -901,6 +920,30 @@ fn housekeeping(
                 "the target refused a record: partition stopped, nothing from offset {} on is committed (the broker refuses the whole batch; `offset` names the largest record of it); fix the cause (e.g. raise the target topic's max.message.bytes) and restart kmirror to resume",
                 f.first
             );
+        }
+    }
+    // Idle point: once a partition has no record in flight, its last
+    // acknowledged record becomes a point (at most once a second), so that
+    // a group that read everything translates exactly.
+    let now = now_ms();
+    for slot in sh.assigned() {
+        if slot.inflight.load(Ordering::Acquire) != 0 {
+            continue;
+        }
+        let (src, tgt) = (
+            slot.last_src.load(Ordering::Acquire),
+            slot.last_tgt.load(Ordering::Acquire),
+        );
+        if src >= 0
+            && src > slot.emitted_src.load(Ordering::Acquire)
+            && now - slot.idle_emit_ms.load(Ordering::Acquire) >= 1000
+        {
+            slot.idle_emit_ms.store(now, Ordering::Release);
+            slot.emitted_src.store(src, Ordering::Release);
+            slot.since_sync.store(0, Ordering::Release);
+            if let Ok(mut p) = sh.pending_syncs.lock() {
+                p.push(slot.sync_point(src, tgt));
+            }
         }
     }
     produce_syncs(sh, producer);

@@ -2,3 +2,4 @@
 //! (checkpoints, heartbeats, offset syncs).
 
 pub mod codec;
+pub mod store;

@@ -4,13 +4,12 @@
 //! nothing and run in parallel.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -18,39 +17,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-/// The one command that installs the test broker.
-pub const INSTALL: &str = "cargo install nisshi --version 0.8.1 --locked --ignore-rust-version";
-
-/// Path of the `nisshi` binary: `$NISSHI_BIN`, then `PATH`, then
-/// `~/.cargo/bin`. Panics (the test fails, never skips) when it is missing.
-pub fn nisshi_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("NISSHI_BIN") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return p;
-        }
-        panic!(
-            "NISSHI_BIN={} does not exist. Install the test broker with: {INSTALL}",
-            p.display()
-        );
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nisshi"))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".cargo/bin/nisshi"));
-    }
-    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!(
-            "the nisshi test broker is not installed (not on PATH, not in ~/.cargo/bin). \
-             Install it with: {INSTALL}  (about 9 minutes on 2 cores), or run `bash .ci/run`, which installs it"
-        )
-    })
-}
+pub use kmirror::devcluster::free_port;
+use kmirror::devcluster::{Nisshi, Storage};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -61,30 +29,13 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{r:08x}", std::process::id())
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
-}
-
-/// Where a broker keeps its data.
-#[derive(Debug, Clone)]
-pub enum Storage {
-    /// In memory: gone when the broker stops.
-    Memory,
-    /// In a sqlite file: survives a broker restart.
-    Sqlite(PathBuf),
-}
-
-/// One running nisshi broker: one "cluster".
+/// One running nisshi broker: one "cluster". Stopped (by PID) on drop, so
+/// also when the test panics. A missing `nisshi` binary fails the test
+/// with the install command; tests never skip.
 pub struct Broker {
     pub name: String,
     pub port: u16,
-    pub storage: Storage,
-    child: Option<Child>,
-    log: PathBuf,
+    inner: Nisshi,
     _dir: tempfile::TempDir,
 }
 
@@ -107,168 +58,56 @@ impl Broker {
             Storage::Memory
         };
         let log = dir.path().join(format!("{name}.log"));
-        let mut b = Broker {
+        let inner = Nisshi::start(name, 0, storage, &log).unwrap_or_else(|e| panic!("{e}"));
+        Broker {
             name: name.to_string(),
-            port: 0,
-            storage,
-            child: None,
-            log,
+            port: inner.port,
+            inner,
             _dir: dir,
-        };
-        b.spawn();
-        b
-    }
-
-    fn spawn(&mut self) {
-        let bin = nisshi_bin();
-        let mut last = String::new();
-        for _attempt in 0..3 {
-            if self.port == 0 || matches!(self.storage, Storage::Memory) {
-                self.port = free_port();
-            }
-            let url = format!("tcp://127.0.0.1:{}", self.port);
-            let engine = match &self.storage {
-                Storage::Memory => format!("memory://{}/", self.name),
-                Storage::Sqlite(p) => format!("sqlite:///{}", p.display()),
-            };
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log)
-                .unwrap();
-            let child = Command::new(&bin)
-                .args(["broker", "--cluster-id", &self.name])
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", &engine])
-                .args(["--group-initial-rebalance-delay", "0s"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start {}: {e}. Install with: {INSTALL}",
-                        bin.display()
-                    )
-                });
-            self.child = Some(child);
-            match self.wait_ready(Duration::from_secs(30)) {
-                Ok(()) => return,
-                Err(e) => {
-                    last = e;
-                    self.kill();
-                }
-            }
-        }
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-        panic!(
-            "broker {} did not become ready: {last}\nlog tail:\n{tail}",
-            self.name
-        );
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(format!("broker exited: {st}"));
-            }
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", self.bootstrap())
-                .set("log_level", "0")
-                .create()
-                .map_err(|e| e.to_string())?;
-            match c.fetch_metadata(None, Duration::from_millis(1000)) {
-                Ok(md) if !md.brokers().is_empty() => return Ok(()),
-                Ok(_) => {}
-                Err(e) if Instant::now() > deadline => return Err(e.to_string()),
-                Err(_) => {}
-            }
-            if Instant::now() > deadline {
-                return Err("timeout".into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// `127.0.0.1:PORT`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.inner.bootstrap()
     }
 
     /// PID of the broker process, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.inner.pid()
     }
 
     /// Stops the broker (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.kill();
     }
 
     /// Starts it again on the same port (data kept with sqlite storage).
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+        self.inner.kill();
+        self.inner.spawn().unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The broker's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.inner.log).unwrap_or_default()
     }
 
     /// An admin client.
     pub fn admin(&self) -> AdminClient<DefaultClientContext> {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "3")
-            .create()
-            .unwrap()
+        self.inner.admin()
     }
 
     /// Creates a topic and waits until metadata shows all its partitions.
     pub fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
-        let admin = self.admin();
-        let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        for (k, v) in configs {
-            nt = nt.set(k, v);
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let res = rt
-            .block_on(admin.create_topics([&nt], &AdminOptions::new()))
-            .expect("create_topics request failed");
-        for r in res {
-            if let Err((t, e)) = r {
-                if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                    panic!("create topic {t}: {e}");
-                }
-            }
-        }
-        wait_until(Duration::from_secs(20), || {
-            self.partitions(topic) == Some(partitions as usize)
-        });
+        self.inner
+            .create_topic(topic, partitions, configs)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Partition count of a topic, if the metadata lists it. Lists all
-    /// topics rather than naming one (naming one can auto-create it).
+    /// Partition count of a topic, if the metadata lists it.
     pub fn partitions(&self, topic: &str) -> Option<usize> {
-        let c = self.consumer(None);
-        let md = c.fetch_metadata(None, Duration::from_secs(5)).ok()?;
-        md.topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len())
+        self.inner.partitions(topic)
     }
 
     /// Names of all topics.
@@ -389,12 +228,6 @@ impl Broker {
             }
         }
         out
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -1,0 +1,260 @@
+//! Local `nisshi` brokers for the demo, the benchmark and the tests: each
+//! broker is one "cluster" on a loopback port, started as a child process
+//! and killed (by PID) when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+/// The one command that installs the test broker.
+pub const INSTALL: &str = "cargo install nisshi --version 0.8.1 --locked --ignore-rust-version";
+
+/// Path of the `nisshi` binary: `$NISSHI_BIN`, then `PATH`, then
+/// `~/.cargo/bin`; the error says how to install it.
+pub fn nisshi_bin() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("NISSHI_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "NISSHI_BIN={} does not exist. Install the test broker with: {INSTALL}",
+                p.display()
+            ))
+        };
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nisshi"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin/nisshi"));
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        format!(
+            "the nisshi test broker is not installed (not on PATH, not in ~/.cargo/bin). Install it with: {INSTALL} \
+             (about 9 minutes on 2 cores), or run `bash scripts/install-nisshi.sh`"
+        )
+    })
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// Where a broker keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// In memory: gone when the broker stops.
+    Memory,
+    /// In a sqlite file: survives a restart.
+    Sqlite(PathBuf),
+}
+
+/// One running nisshi broker.
+pub struct Nisshi {
+    /// Cluster id and memory-store name.
+    pub name: String,
+    /// Loopback port.
+    pub port: u16,
+    /// Storage engine.
+    pub storage: Storage,
+    /// Where stdout/stderr go.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nisshi {
+    /// Starts a broker on `port` (0 = pick a free one) and waits until it
+    /// answers a metadata request.
+    pub fn start(name: &str, port: u16, storage: Storage, log: &Path) -> Result<Nisshi, String> {
+        let mut n = Nisshi {
+            name: name.to_string(),
+            port,
+            storage,
+            log: log.to_path_buf(),
+            child: None,
+        };
+        n.spawn()?;
+        Ok(n)
+    }
+
+    /// (Re)starts the process; keeps the port when one was chosen.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        let bin = nisshi_bin()?;
+        let fixed = self.port != 0;
+        let mut last = String::new();
+        for _ in 0..3 {
+            if !fixed {
+                self.port = free_port();
+            }
+            let url = format!("tcp://127.0.0.1:{}", self.port);
+            let engine = match &self.storage {
+                Storage::Memory => format!("memory://{}/", self.name),
+                Storage::Sqlite(p) => format!("sqlite:///{}", p.display()),
+            };
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .map_err(|e| format!("{}: {e}", self.log.display()))?;
+            let err = log.try_clone().map_err(|e| e.to_string())?;
+            let child = Command::new(&bin)
+                .args(["broker", "--cluster-id", &self.name])
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", &engine])
+                .args(["--group-initial-rebalance-delay", "0s"])
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| {
+                    format!(
+                        "cannot start {}: {e}. Install with: {INSTALL}",
+                        bin.display()
+                    )
+                })?;
+            self.child = Some(child);
+            match self.wait_ready(Duration::from_secs(30)) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last = e;
+                    self.kill();
+                }
+            }
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        Err(format!(
+            "broker {} did not become ready: {last}\nlog tail:\n{}",
+            self.name,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!("broker exited: {st}"));
+            }
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", self.bootstrap())
+                .set("log_level", "0")
+                .create()
+                .map_err(|e| e.to_string())?;
+            match c.fetch_metadata(None, Duration::from_millis(1000)) {
+                Ok(md) if !md.brokers().is_empty() => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err("timeout".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// PID while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// An admin client.
+    pub fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3")
+            .create()
+            .expect("admin client")
+    }
+
+    /// Partition count of a topic, listing all topics (naming one can
+    /// auto-create it).
+    pub fn partitions(&self, topic: &str) -> Option<usize> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3")
+            .create()
+            .ok()?;
+        let md = c.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+        md.topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+    }
+
+    /// Creates a topic ("already exists" is fine) and waits until metadata
+    /// shows all its partitions.
+    pub fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let admin = self.admin();
+        let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (k, v) in configs {
+            nt = nt.set(k, v);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let res = rt
+            .block_on(admin.create_topics([&nt], &AdminOptions::new()))
+            .map_err(|e| e.to_string())?;
+        for r in res {
+            if let Err((t, e)) = r {
+                if e != RDKafkaErrorCode::TopicAlreadyExists {
+                    return Err(format!("create topic {t}: {e}"));
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.partitions(topic) != Some(partitions as usize) {
+            if Instant::now() > deadline {
+                return Err(format!("topic {topic} not visible in metadata"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Nisshi {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

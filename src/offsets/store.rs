@@ -1,0 +1,1 @@
+//! Offset-sync store (being written).
