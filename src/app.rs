@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::config_sync::sync::ConfigSync;
 use crate::discovery::{self, Discovery, FlowRules, MirrorSet};
 use crate::flow::{offset_syncs_topic, Replicator};
 use crate::kafka::{self, KContext, Role};
@@ -136,10 +137,23 @@ pub async fn run_with(
 
     let mut tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();
     let mut flows = Vec::new();
+    let refresh = Arc::new(tokio::sync::Notify::new());
     for f in &config.flows {
         let rules = FlowRules::new(f).map_err(|e| anyhow::anyhow!("flow {}: {e}", f.name))?;
         let (tx, rx) = watch::channel(Arc::new(MirrorSet::new()));
         flows.push((f.clone(), rules, tx));
+        let sync = ConfigSync {
+            flow: f.clone(),
+            source: config.source.clone(),
+            target: config.target.clone(),
+            metrics: metrics.clone(),
+            mirror: rx.clone(),
+            refresh: refresh.clone(),
+        };
+        tasks.push((
+            format!("config sync {}", f.name),
+            tokio::spawn(sync.run(shutdown.clone())),
+        ));
         health.add_flow(&f.name);
         let rep = Replicator {
             flow: f.clone(),
@@ -162,6 +176,7 @@ pub async fn run_with(
         flows,
         metrics: metrics.clone(),
         health: health.clone(),
+        refresh,
     };
     tasks.push(("discovery".into(), tokio::spawn(disc.run(shutdown.clone()))));
     tasks.push((

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::config::{ClusterConfig, FlowConfig};
 use crate::kafka::{self, KContext, Role};
@@ -201,6 +201,8 @@ pub struct Discovery {
     pub metrics: Arc<Metrics>,
     /// Health.
     pub health: Arc<Health>,
+    /// Notified when another pass is wanted now (e.g. topics were created).
+    pub refresh: Arc<tokio::sync::Notify>,
 }
 
 impl Discovery {
@@ -221,9 +223,6 @@ impl Discovery {
             kafka::client_config(&self.target, Role::Admin, "kmirror-discovery")
                 .create_with_context(KContext::default())?,
         );
-        let admin: AdminClient<KContext> =
-            kafka::client_config(&self.target, Role::Admin, "kmirror-admin")
-                .create_with_context(KContext::default())?;
         let mut reported: HashSet<String> = HashSet::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -231,8 +230,9 @@ impl Discovery {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
+                _ = self.refresh.notified() => {}
             }
-            self.pass(&src, &dst, &admin, &mut reported).await;
+            self.pass(&src, &dst, &mut reported).await;
         }
     }
 
@@ -240,7 +240,6 @@ impl Discovery {
         &self,
         src: &Arc<BaseConsumer<KContext>>,
         dst: &Arc<BaseConsumer<KContext>>,
-        admin: &AdminClient<KContext>,
         reported: &mut HashSet<String>,
     ) {
         let timeout = Duration::from_secs(10);
@@ -271,7 +270,7 @@ impl Discovery {
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r);
-        let mut target_topics = match listed {
+        let target_topics = match listed {
             Ok(t) => {
                 self.health.set_cluster("target", true);
                 t
@@ -303,45 +302,8 @@ impl Discovery {
                     }
                 }
             }
-            let mut created = false;
-            for (source, target, parts) in &take {
-                if !target_topics.contains_key(target) {
-                    match create_topic(admin, target, *parts, flow.replication_factor, &[]).await {
-                        Ok(()) => {
-                            info!(flow = %flow.name, topic = %source, target = %target, partitions = parts, "created target topic");
-                            self.metrics
-                                .config_sync_ops
-                                .with_label_values(&[&flow.name, "create_topic", "ok"])
-                                .inc();
-                            created = true;
-                        }
-                        Err(e) => {
-                            self.metrics
-                                .config_sync_ops
-                                .with_label_values(&[&flow.name, "create_topic", "error"])
-                                .inc();
-                            if reported.insert(format!("create/{target}/{e}")) {
-                                error!(flow = %flow.name, topic = %source, target = %target, error = %e, "cannot create the target topic; its records wait until it exists");
-                            }
-                        }
-                    }
-                }
-            }
-            if created {
-                // Wait (bounded) until metadata shows what was created.
-                for _ in 0..50 {
-                    let d = dst.clone();
-                    if let Ok(Ok(t)) =
-                        tokio::task::spawn_blocking(move || list_topics(&d, timeout)).await
-                    {
-                        target_topics = t;
-                    }
-                    if take.iter().all(|(_, t, _)| target_topics.contains_key(t)) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
+            // Missing target topics are created by the config-sync loop
+            // (with the synced configs), which then asks for a new pass.
             let mut set = MirrorSet::new();
             for (source, target, parts) in take {
                 let tp = target_topics.get(&target).copied().unwrap_or(0);

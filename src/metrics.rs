@@ -100,7 +100,7 @@ impl Metrics {
             checkpoint_latency: histogram(&r, "kmirror_checkpoint_latency_seconds", "Duration of one checkpoint run.", &["flow"]),
             offset_syncs: counter(&r, "kmirror_offset_syncs_total", "Offset-sync points written to kmirror-offset-syncs.<source>.internal.", &["flow"]),
             config_sync_ops: counter(&r, "kmirror_config_sync_operations_total", "Config-sync operations on the target, by operation and result.", &["flow", "op", "result"]),
-            errors: counter(&r, "kmirror_errors_total", "Errors by stage (produce, consume, partition_mismatch, discovery, offset_sync, heartbeat, ...).", &["flow", "stage"]),
+            errors: counter(&r, "kmirror_errors_total", "Errors by stage: produce (refused record), consume, source_client, target_client, partition_mismatch, discovery, config_sync, offset_sync, checkpoint, eos_resume, foreign_writer, heartbeat (flow=\"\").", &["flow", "stage"]),
             heartbeats: {
                 let c = IntCounter::new("kmirror_heartbeats_total", "Heartbeat records written to `heartbeats` on the target.").expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
@@ -139,6 +139,7 @@ impl Metrics {
         self.producer_queue.with_label_values(&[flow]);
         self.offset_syncs.with_label_values(&[flow]);
         self.topics_mirrored.with_label_values(&[flow]);
+        self.checkpoint_latency.with_label_values(&[flow]);
     }
 
     /// The Prometheus text exposition.

@@ -29,3 +29,4 @@
 
 pub mod acl;
 pub mod diff;
+pub mod sync;

@@ -22,15 +22,14 @@
 //! [`super::SYNC_EVERY`] records, so the tail is short).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::PROVENANCE_HEADER;
 use crate::config::ClusterConfig;
-use crate::kafka::{self, KContext, Role};
+use crate::kafka::{self, read_range as read, KContext, Role};
 use crate::offsets::codec::OffsetSync;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -231,58 +230,6 @@ pub fn walk(
         }
     }
     pos
-}
-
-/// Reads records `[from, to)` of one partition (offsets may have gaps).
-fn read(
-    c: &BaseConsumer<KContext>,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    to: i64,
-) -> Result<Vec<OwnedMessage>, String> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
-        .map_err(|e| e.to_string())?;
-    c.assign(&tpl).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while out.last().map_or(from, |m: &OwnedMessage| m.offset() + 1) < to {
-        if Instant::now() > deadline {
-            let _ = c.unassign();
-            return Err(format!(
-                "timed out reading {topic}/{partition} [{from}, {to})"
-            ));
-        }
-        match c.poll(READ_TIMEOUT) {
-            Some(Ok(m)) => {
-                if m.topic() == topic && m.partition() == partition && m.offset() < to {
-                    out.push(m.detach());
-                }
-            }
-            Some(Err(e)) => {
-                let _ = c.unassign();
-                return Err(format!("reading {topic}/{partition}: {e}"));
-            }
-            None => {
-                // No record within the timeout: the rest are offsets without
-                // records (compaction, transaction markers) only if the
-                // position moved past them.
-                let pos = c.position().ok().and_then(|p| {
-                    p.find_partition(topic, partition)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        })
-                });
-                if pos.is_some_and(|p| p >= to) {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = c.unassign();
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -260,7 +260,7 @@ impl ClientContext for DeliveryCtx {
         self.shared
             .metrics
             .errors
-            .with_label_values(&[&self.shared.flow, "producer"])
+            .with_label_values(&[&self.shared.flow, "target_client"])
             .inc();
         warn!(flow = %self.shared.flow, %error, "target producer: {reason}");
     }
@@ -395,7 +395,7 @@ impl ClientContext for FlowConsumerCtx {
         self.shared
             .metrics
             .errors
-            .with_label_values(&[&self.shared.flow, "consume"])
+            .with_label_values(&[&self.shared.flow, "source_client"])
             .inc();
         warn!(flow = %self.shared.flow, %error, "source consumer: {reason}");
     }

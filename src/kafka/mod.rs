@@ -5,12 +5,14 @@
 pub mod incremental;
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::{ClusterConfig, RuntimeConfig};
 
@@ -169,4 +171,57 @@ pub fn probe(cluster: &ClusterConfig, timeout: Duration) -> Result<ClusterInfo, 
             })
         }
     }
+}
+
+/// Reads records `[from, to)` of one partition with a group-less
+/// consumer (offsets may have gaps: compaction, transaction markers).
+pub fn read_range(
+    c: &BaseConsumer<KContext>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> Result<Vec<OwnedMessage>, String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| e.to_string())?;
+    c.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while out.last().map_or(from, |m: &OwnedMessage| m.offset() + 1) < to {
+        if Instant::now() > deadline {
+            let _ = c.unassign();
+            return Err(format!(
+                "timed out reading {topic}/{partition} [{from}, {to})"
+            ));
+        }
+        match c.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                if m.topic() == topic && m.partition() == partition && m.offset() < to {
+                    out.push(m.detach());
+                }
+            }
+            Some(Err(e)) => {
+                let _ = c.unassign();
+                return Err(format!("reading {topic}/{partition}: {e}"));
+            }
+            None => {
+                // No record within the timeout: the rest are offsets without
+                // records (compaction, transaction markers) only if the
+                // position moved past them.
+                let pos = c.position().ok().and_then(|p| {
+                    p.find_partition(topic, partition)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                });
+                if pos.is_some_and(|p| p >= to) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = c.unassign();
+    Ok(out)
 }

@@ -1,0 +1,475 @@
+//! Benchmark: kmirror against a raw consume→produce pipe, side by side in
+//! one run, on two local nisshi brokers.
+//!
+//! ```text
+//! cargo run --release --bin kmirror-bench -- [--records N] [--size BYTES] [--partitions P] [--rss-partitions P2]
+//! ```
+//!
+//! Both contenders run as child processes, so that their CPU time
+//! (utime + stime from /proc) and peak RSS (VmHWM) are their own:
+//! (a) the raw pipe: one group-less librdkafka consumer reading every
+//!     source partition and one producer writing the same partition of the
+//!     target, nothing else (`kmirror-bench pipe ...`, tuned like kmirror:
+//!     `fetch.queue.backoff.ms=1`, idempotent, acks=all, linger 5 ms);
+//! (b) `kmirror run` with a one-flow config.
+//! Then a latency phase (records produced at a steady rate while kmirror
+//! runs; p50/p99 from `kmirror_replication_latency_seconds`) and an RSS
+//! phase with many partitions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kmirror::devcluster::{free_port, Nisshi, Storage};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+struct Args {
+    records: usize,
+    size: usize,
+    partitions: i32,
+    rss_partitions: i32,
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value for {name}")))
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("pipe") {
+        // Child mode: the raw pipe.
+        let n = raw_pipe(
+            &args[2],
+            &args[3],
+            &args[4],
+            args[5].parse().unwrap(),
+            args[6].parse().unwrap(),
+        );
+        println!("{n}");
+        return;
+    }
+    let a = Args {
+        records: arg(&args, "--records", 500_000),
+        size: arg(&args, "--size", 1024),
+        partitions: arg(&args, "--partitions", 8),
+        rss_partitions: arg(&args, "--rss-partitions", 1000),
+    };
+    if let Err(e) = run(&a) {
+        eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// /proc figures of a child: (cpu seconds, peak RSS bytes).
+fn proc_stats(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = 100.0; // sysconf(_SC_CLK_TCK) is 100 on Linux
+    let cpu = if f.len() > 12 {
+        (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / ticks
+    } else {
+        0.0
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    (cpu, hwm)
+}
+
+fn total(bootstrap: &str, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "0")
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map(|(lo, hi)| hi - lo)
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+fn preload(bootstrap: &str, topic: &str, partitions: i32, n: usize, size: usize) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .create()
+        .unwrap();
+    let payload = vec![b'x'; size];
+    for i in 0..n {
+        let key = format!("k{i}");
+        let mut rec: BaseRecord<'_, String, [u8]> = BaseRecord::to(topic)
+            .partition((i % partitions as usize) as i32)
+            .key(&key)
+            .payload(&payload[..]);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(300)).expect("preload flush");
+}
+
+/// The raw pipe (child mode): reads `n` records, writes them, exits after
+/// the last acknowledgement. Returns the number written.
+fn raw_pipe(source: &str, target: &str, topic: &str, partitions: i32, n: i64) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", source)
+        .set("group.id", "raw-pipe")
+        .set("enable.auto.commit", "false")
+        .set("fetch.queue.backoff.ms", "1")
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", target)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    let out = format!("raw.{topic}");
+    let mut sent = 0i64;
+    while sent < n {
+        let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&out).partition(m.partition());
+        if let Some(k) = m.key() {
+            rec = rec.key(k);
+        }
+        if let Some(v) = m.payload() {
+            rec = rec.payload(v);
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+        sent += 1;
+    }
+    p.flush(Duration::from_secs(300)).unwrap();
+    sent
+}
+
+struct Figures {
+    secs: f64,
+    cpu: f64,
+    rss: u64,
+}
+
+fn wait_child_until(
+    child: &mut Child,
+    mut done: impl FnMut() -> bool,
+    timeout: Duration,
+) -> Result<(f64, u64), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = (0.0, 0);
+    loop {
+        let s = proc_stats(child.id());
+        if s.0 > 0.0 || s.1 > 0 {
+            last = s;
+        }
+        if done() {
+            return Ok(last);
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("process exited early: {st}"));
+        }
+        if Instant::now() > deadline {
+            return Err("timed out".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kmirror_config(dir: &Path, source: &str, target: &str, topic: &str, listen: &str) -> PathBuf {
+    let p = dir.join(format!("bench-{topic}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[source]\nalias = \"src\"\nbootstrap_servers = \"{source}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{target}\"\n[http]\nlisten = \"{listen}\"\n[[flow]]\nname = \"bench\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn metrics_text(listen: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(listen) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut b = String::new();
+    let _ = s.read_to_string(&mut b);
+    b
+}
+
+/// Cumulative bucket counts of the replication latency histogram.
+fn latency_buckets(text: &str) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = Vec::new();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("kmirror_replication_latency_seconds_bucket{"))
+    {
+        let le = l
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(0.0)
+        };
+        let c: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0);
+        match v.iter_mut().find(|(b, _)| *b == le) {
+            Some(e) => e.1 += c,
+            None => v.push((le, c)),
+        }
+    }
+    v.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    v
+}
+
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let d: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| {
+            (
+                *le,
+                c - before.iter().find(|(b, _)| b == le).map_or(0.0, |x| x.1),
+            )
+        })
+        .collect();
+    let n = d.last().map_or(0.0, |x| x.1);
+    if n <= 0.0 {
+        return f64::NAN;
+    }
+    d.iter()
+        .find(|(_, c)| *c >= q * n)
+        .map_or(f64::INFINITY, |x| x.0)
+}
+
+fn run(a: &Args) -> Result<(), String> {
+    let dir = tempfile_dir()?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let kmirror = me.with_file_name("kmirror");
+    if !kmirror.is_file() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release --bins`",
+            kmirror.display()
+        ));
+    }
+    println!(
+        "kmirror bench: {} records x {} bytes, {} partitions (two local nisshi brokers, 2 cores shared)",
+        a.records, a.size, a.partitions
+    );
+    let src = Nisshi::start("bench-src", 0, Storage::Memory, &dir.join("src.log"))?;
+    let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
+    let topic = "bench";
+    src.create_topic(topic, a.partitions, &[])?;
+    dst.create_topic(&format!("raw.{topic}"), a.partitions, &[])?;
+    dst.create_topic(&format!("src.{topic}"), a.partitions, &[])?;
+    let t = Instant::now();
+    preload(&src.bootstrap(), topic, a.partitions, a.records, a.size);
+    println!("preloaded in {:.1}s", t.elapsed().as_secs_f64());
+    let n = a.records as i64;
+    let gb = (a.records * a.size) as f64 / 1e9;
+
+    // (a) raw pipe
+    let start = Instant::now();
+    let mut pipe = Command::new(&me)
+        .args([
+            "pipe",
+            &src.bootstrap(),
+            &dst.bootstrap(),
+            topic,
+            &a.partitions.to_string(),
+            &n.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let (cpu, rss) = wait_child_until(
+        &mut pipe,
+        || total(&dst.bootstrap(), &format!("raw.{topic}"), a.partitions) >= n,
+        Duration::from_secs(600),
+    )?;
+    let raw = Figures {
+        secs: start.elapsed().as_secs_f64(),
+        cpu,
+        rss,
+    };
+    let _ = pipe.wait();
+
+    // (b) kmirror
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cfg = kmirror_config(&dir, &src.bootstrap(), &dst.bootstrap(), topic, &listen);
+    let start = Instant::now();
+    let mut km = Command::new(&kmirror)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(dir.join("kmirror.log")).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let (cpu, rss) = wait_child_until(
+        &mut km,
+        || total(&dst.bootstrap(), &format!("src.{topic}"), a.partitions) >= n,
+        Duration::from_secs(600),
+    )?;
+    let kfig = Figures {
+        secs: start.elapsed().as_secs_f64(),
+        cpu,
+        rss,
+    };
+
+    // Latency: steady 2,000 records/s for 5 s while kmirror runs.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = latency_buckets(&metrics_text(&listen));
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", src.bootstrap())
+        .set("log_level", "3")
+        .set("linger.ms", "0")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let payload = vec![b'y'; a.size];
+    for i in 0..10_000 {
+        let key = format!("lat{i}");
+        let rec: BaseRecord<'_, String, [u8]> =
+            BaseRecord::to(topic).key(&key).payload(&payload[..]);
+        let _ = p.send(rec);
+        if i % 20 == 19 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = p.flush(Duration::from_secs(30));
+    let want = n + 10_000;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while total(&dst.bootstrap(), &format!("src.{topic}"), a.partitions) < want
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = latency_buckets(&metrics_text(&listen));
+    let (p50, p99) = (
+        quantile(&before, &after, 0.5),
+        quantile(&before, &after, 0.99),
+    );
+    let _ = km.kill();
+    let _ = km.wait();
+
+    let row = |name: &str, f: &Figures| {
+        println!(
+            "{name:<10} {:>9.0} rec/s {:>8.1} MB/s {:>7.2} CPU-s {:>7.2} CPU-s/GB {:>8.1} MiB peak RSS {:>6.2}s wall",
+            n as f64 / f.secs,
+            gb * 1000.0 / f.secs,
+            f.cpu,
+            f.cpu / gb,
+            f.rss as f64 / 1048576.0,
+            f.secs
+        )
+    };
+    println!();
+    row("raw pipe", &raw);
+    row("kmirror", &kfig);
+    println!(
+        "ratio kmirror/raw: throughput {:.2} (target >= 0.90), CPU-s/GB {:.2} (target <= 1.10)",
+        raw.secs / kfig.secs,
+        kfig.cpu / raw.cpu
+    );
+    println!("kmirror replication latency at 2,000 records/s: p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds)");
+
+    // RSS with many partitions.
+    if a.rss_partitions > 0 {
+        let many = "bench-many";
+        src.create_topic(many, a.rss_partitions, &[])?;
+        dst.create_topic(&format!("src.{many}"), a.rss_partitions, &[])?;
+        let per = 20usize;
+        preload(
+            &src.bootstrap(),
+            many,
+            a.rss_partitions,
+            per * a.rss_partitions as usize,
+            a.size,
+        );
+        let listen = format!("127.0.0.1:{}", free_port());
+        let cfg = kmirror_config(&dir, &src.bootstrap(), &dst.bootstrap(), many, &listen);
+        let mut km = Command::new(&kmirror)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(dir.join("kmirror-many.log")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let want = (per * a.rss_partitions as usize) as i64;
+        let (_, rss) = wait_child_until(
+            &mut km,
+            || total(&dst.bootstrap(), &format!("src.{many}"), a.rss_partitions) >= want,
+            Duration::from_secs(600),
+        )?;
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, rss2) = proc_stats(km.id());
+        let _ = km.kill();
+        let _ = km.wait();
+        println!(
+            "kmirror peak RSS with {} partitions: {:.1} MiB (target <= 100 MiB)",
+            a.rss_partitions,
+            rss.max(rss2) as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let d = std::env::temp_dir().join(format!("kmirror-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    Ok(d)
+}

@@ -1,0 +1,422 @@
+//! The config-sync loop and `kmirror plan`: describe, [`diff`], apply.
+//!
+//! Which target properties kmirror set itself (the "managed" set that
+//! decides DELETEs) is persisted in the compacted topic
+//! `kmirror-config-sync.<source>.internal` on the target, one record per
+//! target topic (key: topic name, value: JSON array of property names), so
+//! that a restarted kmirror still never touches properties it did not set.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, ResourceSpecifier};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::diff::{self, Action, ConfigEntry, ConfigSource, Policy, TopicState};
+use crate::config::{ClusterConfig, FlowConfig};
+use crate::discovery::{self, Mirror, MirrorSet};
+use crate::kafka::incremental::{incremental_alter_topic_configs, ConfigOp};
+use crate::kafka::{self, KContext, Role};
+use crate::metrics::Metrics;
+
+/// Name of the managed-properties topic on the target.
+pub fn managed_topic(source_alias: &str) -> String {
+    format!("kmirror-config-sync.{source_alias}.internal")
+}
+
+fn source_of(s: rdkafka::admin::ConfigSource) -> ConfigSource {
+    use rdkafka::admin::ConfigSource as S;
+    match s {
+        S::DynamicTopic => ConfigSource::DynamicTopic,
+        S::DynamicBroker | S::DynamicDefaultBroker => ConfigSource::DynamicBroker,
+        S::StaticBroker => ConfigSource::StaticBroker,
+        S::Default => ConfigSource::Default,
+        S::Unknown => ConfigSource::Unknown,
+    }
+}
+
+/// Describes one topic's configs; `partitions` comes from metadata.
+pub async fn describe_topic(
+    admin: &AdminClient<KContext>,
+    topic: &str,
+    partitions: i32,
+) -> Result<TopicState, String> {
+    let spec = ResourceSpecifier::Topic(topic);
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(15)));
+    let res = admin
+        .describe_configs([&spec], &opts)
+        .await
+        .map_err(|e| format!("DescribeConfigs {topic}: {e}"))?;
+    let mut configs = BTreeMap::new();
+    for r in res {
+        let r = r.map_err(|e| format!("DescribeConfigs {topic}: {e}"))?;
+        for e in r.entries {
+            // Some brokers (nisshi among them) report explicitly set topic
+            // properties with source Unknown; a non-default, non-read-only
+            // entry is then taken as set on the topic.
+            let mut source = source_of(e.source);
+            if source == ConfigSource::Unknown && !e.is_default && !e.is_read_only {
+                source = ConfigSource::DynamicTopic;
+            }
+            configs.insert(
+                e.name,
+                ConfigEntry {
+                    value: e.value,
+                    source,
+                    read_only: e.is_read_only,
+                    sensitive: e.is_sensitive,
+                },
+            );
+        }
+    }
+    Ok(TopicState {
+        partitions,
+        configs,
+    })
+}
+
+/// Target properties kmirror set, per target topic.
+#[derive(Debug, Default, Clone)]
+pub struct Managed(pub HashMap<String, BTreeSet<String>>);
+
+impl Managed {
+    /// Reads the whole managed-properties topic (empty if it is missing).
+    pub fn load(target: &ClusterConfig, topic: &str) -> Result<Self, String> {
+        let mut cfg = kafka::client_config(target, Role::Admin, "kmirror-config-sync");
+        cfg.set("group.id", "kmirror-config-sync-reader-unused");
+        cfg.set("enable.auto.commit", "false");
+        let c: BaseConsumer<KContext> = cfg
+            .create_with_context(KContext::default())
+            .map_err(|e| e.to_string())?;
+        let md = c
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        if !md.topics().iter().any(|t| t.name() == topic) {
+            return Ok(Self::default());
+        }
+        let (lo, hi) = c
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let mut m = HashMap::new();
+        if hi > lo {
+            for r in kafka::read_range(&c, topic, 0, lo, hi)? {
+                if let Some(k) = r.key() {
+                    let key = String::from_utf8_lossy(k).into_owned();
+                    let keys: BTreeSet<String> = r
+                        .payload()
+                        .and_then(|v| serde_json::from_slice(v).ok())
+                        .unwrap_or_default();
+                    m.insert(key, keys);
+                }
+            }
+        }
+        Ok(Self(m))
+    }
+}
+
+/// The plan of one mirrored topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicPlan {
+    /// Source topic.
+    pub source: String,
+    /// Target topic.
+    pub target: String,
+    /// Source partitions.
+    pub source_partitions: i32,
+    /// Target partitions (0: missing).
+    pub target_partitions: i32,
+    /// What config sync would do.
+    pub actions: Vec<Action>,
+    /// Source properties not copied, with the rule that excludes them.
+    pub excluded_configs: BTreeMap<String, String>,
+}
+
+/// Computes the actions for one mirrored topic (describes both sides).
+pub async fn plan_topic(
+    src: &AdminClient<KContext>,
+    dst: &AdminClient<KContext>,
+    m: &Mirror,
+    policy: &Policy,
+) -> Result<TopicPlan, String> {
+    let source = describe_topic(src, &m.source, m.partitions).await?;
+    let target = if m.target_partitions > 0 {
+        Some(describe_topic(dst, &m.target, m.target_partitions).await?)
+    } else {
+        None
+    };
+    let actions = diff::diff(&source, target.as_ref(), policy);
+    let excluded_configs = source
+        .configs
+        .iter()
+        .filter(|(_, e)| e.source == ConfigSource::DynamicTopic)
+        .filter_map(|(k, _)| policy.exclusion(k).map(|why| (k.clone(), why)))
+        .collect();
+    Ok(TopicPlan {
+        source: m.source.clone(),
+        target: m.target.clone(),
+        source_partitions: m.partitions,
+        target_partitions: m.target_partitions,
+        actions,
+        excluded_configs,
+    })
+}
+
+/// The policy of a flow for one target topic.
+pub fn policy_for(flow: &FlowConfig, managed: BTreeSet<String>) -> Result<Policy, String> {
+    Policy::new(
+        flow.sync_topic_configs,
+        flow.sync_partitions,
+        &flow.config_exclude,
+        managed,
+    )
+}
+
+/// One flow's config-sync loop.
+pub struct ConfigSync {
+    /// The flow.
+    pub flow: FlowConfig,
+    /// Source cluster.
+    pub source: ClusterConfig,
+    /// Target cluster.
+    pub target: ClusterConfig,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The flow's mirror set.
+    pub mirror: watch::Receiver<Arc<MirrorSet>>,
+    /// Asks discovery to look again (after topics were created).
+    pub refresh: Arc<Notify>,
+}
+
+impl ConfigSync {
+    /// Runs until `shutdown`: at once when the mirror set changes, and
+    /// every `sync_configs_interval`. A failed run is logged and counted;
+    /// the loop goes on and never stops the data path.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let src: AdminClient<KContext> =
+            kafka::client_config(&self.source, Role::Admin, "kmirror-config-sync")
+                .create_with_context(KContext::default())?;
+        let dst: AdminClient<KContext> =
+            kafka::client_config(&self.target, Role::Admin, "kmirror-config-sync")
+                .create_with_context(KContext::default())?;
+        let mut cfg = kafka::client_config(&self.target, Role::Producer, "kmirror-config-sync");
+        cfg.set("message.timeout.ms", "30000");
+        let producer: FutureProducer<KContext> = cfg.create_with_context(KContext::default())?;
+        let managed_topic = managed_topic(&self.source.alias);
+        let mut managed = loop {
+            let (t, mt) = (self.target.clone(), managed_topic.clone());
+            match tokio::task::spawn_blocking(move || Managed::load(&t, &mt)).await? {
+                Ok(m) => break m,
+                Err(e) => {
+                    warn!(flow = %self.flow.name, error = %e, "config sync: cannot read {managed_topic} yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        };
+        let mut reported: HashSet<String> = HashSet::new();
+        let mut tick = tokio::time::interval(self.flow.sync_configs_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+                r = self.mirror.changed() => { if r.is_err() { return Ok(()); } }
+            }
+            let set = self.mirror.borrow_and_update().clone();
+            let mut created = false;
+            for m in set.values() {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                let span =
+                    tracing::info_span!("config_sync", flow = %self.flow.name, topic = %m.source);
+                let _g = span.enter();
+                let before = managed.0.get(&m.target).cloned().unwrap_or_default();
+                match self
+                    .sync_topic(&src, &dst, m, before.clone(), &mut reported)
+                    .await
+                {
+                    Ok((did_create, now)) => {
+                        created |= did_create;
+                        if now != before {
+                            self.save_managed(&producer, &managed_topic, &m.target, &now)
+                                .await;
+                            managed.0.insert(m.target.clone(), now);
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .errors
+                            .with_label_values(&[&self.flow.name, "config_sync"])
+                            .inc();
+                        if reported.insert(format!("describe/{}/{e}", m.source)) {
+                            warn!(flow = %self.flow.name, topic = %m.source, error = %e, "config sync failed for this topic; retrying next tick");
+                        }
+                    }
+                }
+            }
+            if created {
+                self.refresh.notify_one();
+            }
+        }
+    }
+
+    async fn save_managed(
+        &self,
+        p: &FutureProducer<KContext>,
+        topic: &str,
+        target: &str,
+        keys: &BTreeSet<String>,
+    ) {
+        let value = serde_json::to_vec(keys).unwrap_or_default();
+        let rec = FutureRecord::to(topic)
+            .partition(0)
+            .key(target)
+            .payload(&value);
+        if let Err((e, _)) = p.send(rec, Duration::from_secs(10)).await {
+            warn!(flow = %self.flow.name, error = %e, "config sync: cannot persist the managed properties of {target}");
+        }
+    }
+
+    fn count(&self, op: &str, ok: bool) {
+        self.metrics
+            .config_sync_ops
+            .with_label_values(&[self.flow.name.as_str(), op, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Syncs one topic; returns (created, managed keys after).
+    async fn sync_topic(
+        &self,
+        src: &AdminClient<KContext>,
+        dst: &AdminClient<KContext>,
+        m: &Mirror,
+        managed: BTreeSet<String>,
+        reported: &mut HashSet<String>,
+    ) -> Result<(bool, BTreeSet<String>), String> {
+        let policy = policy_for(&self.flow, managed.clone())?;
+        let plan = plan_topic(src, dst, m, &policy).await?;
+        let mut managed = managed;
+        let mut created = false;
+        let mut ops: Vec<ConfigOp> = Vec::new();
+        for a in &plan.actions {
+            match a {
+                Action::CreateTopic {
+                    partitions,
+                    configs,
+                } => {
+                    let cfgs: Vec<(&str, &str)> = configs
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    match discovery::create_topic(
+                        dst,
+                        &m.target,
+                        *partitions,
+                        self.flow.replication_factor,
+                        &cfgs,
+                    )
+                    .await
+                    {
+                        Ok(()) => {
+                            self.count(a.op(), true);
+                            created = true;
+                            managed.extend(configs.keys().cloned());
+                            info!(flow = %self.flow.name, topic = %m.source, target = %m.target, partitions, configs = configs.len(), "created target topic");
+                        }
+                        Err(e) => {
+                            self.count(a.op(), false);
+                            if reported.insert(format!("create/{}/{e}", m.target)) {
+                                error!(flow = %self.flow.name, topic = %m.source, target = %m.target, error = %e, "cannot create the target topic; its records wait until it exists");
+                            }
+                        }
+                    }
+                }
+                Action::SetConfig { key, to, .. } => {
+                    ops.push(ConfigOp::Set(key.clone(), to.clone()))
+                }
+                Action::DeleteConfig { key, .. } => ops.push(ConfigOp::Delete(key.clone())),
+                Action::CreatePartitions { from, to } => {
+                    let np = NewPartitions::new(&m.target, *to as usize);
+                    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+                    let r = dst
+                        .create_partitions([&np], &opts)
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|rs| match rs.into_iter().next() {
+                            Some(Err((_, e))) => Err(e.to_string()),
+                            _ => Ok(()),
+                        });
+                    match r {
+                        Ok(()) => {
+                            self.count(a.op(), true);
+                            info!(flow = %self.flow.name, topic = %m.source, target = %m.target, from, to, "raised the target partition count");
+                            created = true;
+                        }
+                        Err(e) => {
+                            self.count(a.op(), false);
+                            if reported.insert(format!("partitions/{}/{to}", m.target)) {
+                                error!(flow = %self.flow.name, topic = %m.source, target = %m.target, from, to, error = %e,
+                                    "cannot raise the target partition count; partitions {from}..{} stay held (not mirrored, not remapped) until the target has them", to - 1);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !ops.is_empty() {
+            let changes = vec![(m.target.clone(), ops.clone())];
+            let client = dst.inner();
+            let res = tokio::task::block_in_place(|| {
+                incremental_alter_topic_configs(client, &changes, Duration::from_secs(30))
+            });
+            let result = match res {
+                Ok(mut v) => v.pop().map(|(_, r)| r).unwrap_or(Ok(())),
+                Err(e) => Err(e),
+            };
+            for op in &ops {
+                let (name, label) = match op {
+                    ConfigOp::Set(k, _) => (k, "set_config"),
+                    ConfigOp::Delete(k) => (k, "delete_config"),
+                };
+                self.count(label, result.is_ok());
+                if result.is_ok() {
+                    match op {
+                        ConfigOp::Set(..) => {
+                            managed.insert(name.clone());
+                        }
+                        ConfigOp::Delete(_) => {
+                            managed.remove(name);
+                        }
+                    }
+                }
+            }
+            match &result {
+                Ok(()) => {
+                    for a in plan.actions.iter().filter(|a| {
+                        matches!(a, Action::SetConfig { .. } | Action::DeleteConfig { .. })
+                    }) {
+                        info!(flow = %self.flow.name, topic = %m.source, target = %m.target, "config synced: {a}");
+                    }
+                }
+                Err(e) => {
+                    let what: Vec<String> = plan.actions.iter().map(|a| a.to_string()).collect();
+                    if reported.insert(format!("alter/{}/{}", m.target, what.join(";"))) {
+                        error!(flow = %self.flow.name, topic = %m.source, target = %m.target, error = %e, changes = ?what,
+                            "the target refused the config change; the data path goes on");
+                    }
+                }
+            }
+        }
+        Ok((created, managed))
+    }
+}
