@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::Command;
+use crate::cli::{Command, OutputFormat};
 use crate::config::{self, Config};
 use crate::kafka;
 
@@ -24,7 +24,7 @@ pub fn dispatch(cmd: Command) -> u8 {
             timeout,
         } => validate(&config, connect, timeout),
         Command::Run { config } => run(&config),
-        Command::Plan { .. } => not_built("plan", "the config-sync dry run"),
+        Command::Plan { config, format } => plan(&config, format),
         Command::Offsets { .. } => not_built("offsets", "offset translation and failover"),
     }
 }
@@ -36,16 +36,9 @@ fn run(path: &Path) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kmirror run: cannot start the runtime: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(code) => return code,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let result = rt.block_on(async {
@@ -89,6 +82,44 @@ async fn wait_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("kmirror: cannot start the runtime: {e}");
+            EXIT_FAILURE
+        })
+}
+
+/// `kmirror plan`: prints what would be mirrored and changed; changes nothing.
+fn plan(path: &Path, format: OutputFormat) -> u8 {
+    let c = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(crate::plan::build(&c)) {
+        Ok(p) => {
+            match format {
+                OutputFormat::Text => print!("{}", crate::plan::render(&p)),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default())
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("kmirror plan: {e:#}");
+            EXIT_FAILURE
+        }
     }
 }
 

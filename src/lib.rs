@@ -23,4 +23,5 @@ pub mod flow;
 pub mod kafka;
 pub mod metrics;
 pub mod offsets;
+pub mod plan;
 pub mod policy;

@@ -1,0 +1,204 @@
+//! End to end: the config-sync loop and `kmirror plan`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use kmirror::kafka::incremental::{incremental_alter_topic_configs, ConfigOp};
+use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+
+/// Explicitly set topic configs, as the broker describes them.
+fn configs(b: &Broker, topic: &str) -> BTreeMap<String, String> {
+    let admin = b.admin();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let spec = ResourceSpecifier::Topic(topic);
+    let res = rt
+        .block_on(admin.describe_configs([&spec], &AdminOptions::new()))
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for r in res {
+        for e in r.unwrap().entries {
+            if !e.is_default {
+                if let Some(v) = e.value {
+                    out.insert(e.name, v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn alter(b: &Broker, topic: &str, ops: Vec<ConfigOp>) {
+    let admin = b.admin();
+    let r = incremental_alter_topic_configs(
+        admin.inner(),
+        &[(topic.to_string(), ops)],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r, vec![(topic.to_string(), Ok(()))]);
+}
+
+fn plan(cfg: &std::path::Path, json: bool) -> (i32, String) {
+    let mut c = Command::new(kmirror_bin());
+    c.args(["plan", "--config"])
+        .arg(cfg)
+        .env("RUST_LOG", "warn");
+    if json {
+        c.args(["--format", "json"]);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("cfg");
+    let target = format!("src.{topic}");
+    src.create_topic(
+        &topic,
+        2,
+        &[
+            ("retention.ms", "123456"),
+            ("min.insync.replicas", "1"),
+            ("segment.bytes", "1048576"),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let flow = format!(
+        "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nconfig_exclude = [\"segment\\\\..*\"]\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"1s\"\n"
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &flow);
+
+    // The dry run shows the creation and the exclusions, and changes nothing.
+    let (code, out) = plan(&cfg, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{topic} -> {target}")), "{out}");
+    assert!(out.contains("create topic: 2 partitions"), "{out}");
+    assert!(out.contains("retention.ms=123456"), "{out}");
+    assert!(
+        out.contains("not copied: min.insync.replicas (MM2 default exclusion"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not copied: segment.bytes (config_exclude"),
+        "{out}"
+    );
+    let (code, json) = plan(&cfg, true);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["flows"][0]["topics"][0]["actions"][0]["op"],
+        "create_topic"
+    );
+    let before = dst.topics();
+    assert!(!before.contains(&target), "plan created the target topic");
+    assert!(
+        !before.iter().any(|t| t.starts_with("kmirror-")),
+        "plan created internal topics: {before:?}"
+    );
+
+    let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    wait_until(Duration::from_secs(60), || {
+        dst.partitions(&target) == Some(2)
+    });
+    let t = configs(&dst, &target);
+    assert_eq!(
+        t.get("retention.ms").map(String::as_str),
+        Some("123456"),
+        "{t:?}"
+    );
+    assert!(!t.contains_key("min.insync.replicas"), "{t:?}");
+    assert!(!t.contains_key("segment.bytes"), "{t:?}");
+
+    // An operator's own target setting is never touched.
+    alter(
+        &dst,
+        &target,
+        vec![ConfigOp::Set("retention.bytes".into(), "777777".into())],
+    );
+    // A change on the source is copied.
+    alter(
+        &src,
+        &topic,
+        vec![ConfigOp::Set("retention.ms".into(), "999999".into())],
+    );
+    wait_until(Duration::from_secs(30), || {
+        configs(&dst, &target)
+            .get("retention.ms")
+            .map(String::as_str)
+            == Some("999999")
+    });
+    // A property removed on the source that kmirror set is removed on the target.
+    alter(&src, &topic, vec![ConfigOp::Delete("retention.ms".into())]);
+    wait_until(Duration::from_secs(30), || {
+        !configs(&dst, &target).contains_key("retention.ms")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let t = configs(&dst, &target);
+    assert_eq!(
+        t.get("retention.bytes").map(String::as_str),
+        Some("777777"),
+        "{t:?}"
+    );
+
+    let (code, out) = plan(&cfg, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("in sync"), "{out}");
+    let log = k.log_text();
+    assert!(
+        log.contains("config synced: retention.ms: 123456 -> 999999"),
+        "{log}"
+    );
+}
+
+#[test]
+fn partition_growth_refused_by_the_broker_is_reported_once_and_held() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("grow");
+    let target = format!("src.{topic}");
+    src.create_topic(&topic, 3, &[]);
+    dst.create_topic(&target, 1, &[]);
+    src.produce(&topic, &numbered(0, 300, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let listen = http_listen();
+    let flow = format!(
+        "[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"1s\"\n"
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &flow);
+    let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    wait_count(&dst, &target, 100, Duration::from_secs(60), &k);
+    std::thread::sleep(Duration::from_secs(5));
+    let log = k.log_text();
+    assert_eq!(
+        log.matches("cannot raise the target partition count")
+            .count(),
+        1,
+        "one ERROR per topic and change, not per tick:\n{log}"
+    );
+    let (_, m) = http_get(&listen, "/metrics").unwrap();
+    let errors: f64 = m
+        .lines()
+        .find(|l| l.starts_with("kmirror_config_sync_operations_total{flow=\"f\",op=\"create_partitions\",result=\"error\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(errors >= 3.0, "counted every tick: {errors}\n{m}");
+    // Partition 0 mirrors; 1 and 2 are held, not remapped.
+    assert_eq!(count(&dst, &target), 100);
+    assert!(
+        m.contains("kmirror_partitions_paused{flow=\"f\",reason=\"held\"} 2"),
+        "{m}"
+    );
+}
