@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::{Command, OutputFormat};
+use crate::cli::{Command, OffsetsCommand, OutputFormat};
 use crate::config::{self, Config};
 use crate::kafka;
 
@@ -25,7 +25,7 @@ pub fn dispatch(cmd: Command) -> u8 {
         } => validate(&config, connect, timeout),
         Command::Run { config } => run(&config),
         Command::Plan { config, format } => plan(&config, format),
-        Command::Offsets { .. } => not_built("offsets", "offset translation and failover"),
+        Command::Offsets { command } => offsets(command),
     }
 }
 
@@ -123,9 +123,93 @@ fn plan(path: &Path, format: OutputFormat) -> u8 {
     }
 }
 
-fn not_built(verb: &str, what: &str) -> u8 {
-    eprintln!("kmirror {verb}: not built yet ({what} is not implemented in this version); nothing was done");
-    EXIT_FAILURE
+/// `kmirror offsets translate|apply`: the failover runbook's commands.
+fn offsets(cmd: OffsetsCommand) -> u8 {
+    use crate::offsets::checkpoint::{checkpoints_topic, commit, committed, group_active, group_client, latest_checkpoints};
+    let (path, group) = match &cmd {
+        OffsetsCommand::Translate { config, group, .. } | OffsetsCommand::Apply { config, group, .. } => (config, group),
+    };
+    let c = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let cps = match latest_checkpoints(&c.target, &c.source.alias, group) {
+        Ok(cps) => cps,
+        Err(e) => {
+            eprintln!("kmirror offsets: cannot read {} on target {}: {e}", checkpoints_topic(&c.source.alias), c.target.alias);
+            return EXIT_FAILURE;
+        }
+    };
+    if cps.is_empty() {
+        eprintln!(
+            "kmirror offsets: no checkpoint for group {group} in {} on target {}: the group has committed nothing that kmirror mirrored, or checkpoints are not written yet",
+            checkpoints_topic(&c.source.alias),
+            c.target.alias
+        );
+        return EXIT_FAILURE;
+    }
+    match cmd {
+        OffsetsCommand::Translate { format, .. } => {
+            match format {
+                OutputFormat::Json => {
+                    let v: Vec<_> = cps
+                        .values()
+                        .map(|cp| serde_json::json!({"topic": cp.topic, "partition": cp.partition, "offset": cp.downstream_offset, "source_offset": cp.upstream_offset}))
+                        .collect();
+                    println!("{}", serde_json::json!({"group": group, "target": c.target.alias, "offsets": v}));
+                }
+                OutputFormat::Text => {
+                    println!("group {group} on target {}: resume from", c.target.alias);
+                    for cp in cps.values() {
+                        println!("  {} [{}]  offset {}   (source offset {})", cp.topic, cp.partition, cp.downstream_offset, cp.upstream_offset);
+                    }
+                }
+            }
+            EXIT_OK
+        }
+        OffsetsCommand::Apply { dry_run, .. } => {
+            let client = match group_client(&c.target, group) {
+                Ok(cl) => cl,
+                Err(e) => {
+                    eprintln!("kmirror offsets apply: {e}");
+                    return EXIT_FAILURE;
+                }
+            };
+            match group_active(&client, group) {
+                Ok(false) => {}
+                Ok(true) => {
+                    eprintln!("kmirror offsets apply: group {group} has active members on target {}; stop its consumers there first (offsets of an active group cannot be set safely)", c.target.alias);
+                    return EXIT_FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("kmirror offsets apply: {e}");
+                    return EXIT_FAILURE;
+                }
+            }
+            let want: std::collections::BTreeMap<(String, i32), i64> =
+                cps.values().map(|cp| ((cp.topic.clone(), cp.partition), cp.downstream_offset)).collect();
+            let parts: Vec<(String, i32)> = want.keys().cloned().collect();
+            let before = committed(&client, &parts).unwrap_or_default();
+            for ((t, p), o) in &want {
+                let was = before.get(&(t.clone(), *p)).map_or("none".to_string(), |v| v.to_string());
+                println!("  {t} [{p}]  {was} -> {o}");
+            }
+            if dry_run {
+                println!("dry run: nothing written");
+                return EXIT_OK;
+            }
+            match commit(&client, &want) {
+                Ok(()) => {
+                    println!("group {group} on target {}: {} partition offset(s) written", c.target.alias, want.len());
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("kmirror offsets apply: commit failed: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+    }
 }
 
 /// Loads a config or prints every problem; `Err` holds the exit code.

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub checkpoint_latency: HistogramVec,
     /// Offset-sync points written.
     pub offset_syncs: IntCounterVec,
+    /// Committed offsets that could not be translated (yet).
+    pub translation_misses: IntCounterVec,
+    /// Group offset syncs on the target, by result.
+    pub group_offset_syncs: IntCounterVec,
     /// Config-sync operations by op and result.
     pub config_sync_ops: IntCounterVec,
     /// Errors by stage.
@@ -99,6 +103,8 @@ impl Metrics {
             checkpoints: counter(&r, "kmirror_checkpoints_total", "Checkpoint records written to <source>.checkpoints.internal.", &["flow", "group"]),
             checkpoint_latency: histogram(&r, "kmirror_checkpoint_latency_seconds", "Duration of one checkpoint run.", &["flow"]),
             offset_syncs: counter(&r, "kmirror_offset_syncs_total", "Offset-sync points written to kmirror-offset-syncs.<source>.internal.", &["flow"]),
+            translation_misses: counter(&r, "kmirror_translation_misses_total", "Committed source offsets with no exact translation yet (beyond what is mirrored, or before the offset-sync history); no checkpoint is written for them.", &["flow"]),
+            group_offset_syncs: counter(&r, "kmirror_group_offset_syncs_total", "sync_group_offsets: commits of translated offsets to target groups, by result (ok, skipped_active, error).", &["flow", "result"]),
             config_sync_ops: counter(&r, "kmirror_config_sync_operations_total", "Config-sync operations on the target, by operation and result.", &["flow", "op", "result"]),
             errors: counter(&r, "kmirror_errors_total", "Errors by stage: produce (refused record), consume, source_client, target_client, partition_mismatch, discovery, config_sync, offset_sync, checkpoint, eos_resume, foreign_writer, heartbeat (flow=\"\").", &["flow", "stage"]),
             heartbeats: {
@@ -140,6 +146,7 @@ impl Metrics {
         self.offset_syncs.with_label_values(&[flow]);
         self.topics_mirrored.with_label_values(&[flow]);
         self.checkpoint_latency.with_label_values(&[flow]);
+        self.translation_misses.with_label_values(&[flow]);
     }
 
     /// The Prometheus text exposition.

@@ -352,7 +352,17 @@ fn run(a: &Args) -> Result<(), String> {
     let listen = format!("127.0.0.1:{}", free_port());
     let cfg = kmirror_config(&dir, &src.bootstrap(), &dst.bootstrap(), topic, &listen);
     let start = Instant::now();
-    let mut km = Command::new(&kmirror)
+    // KMIRROR_BENCH_PERF=FILE profiles kmirror with `perf record` (the CPU
+    // and RSS figures are then perf's own and not meaningful).
+    let mut cmd = match std::env::var("KMIRROR_BENCH_PERF") {
+        Ok(out) => {
+            let mut c = Command::new("perf");
+            c.args(["record", "-F", "999", "-g", "-o", &out, "--"]).arg(&kmirror);
+            c
+        }
+        Err(_) => Command::new(&kmirror),
+    };
+    let mut km = cmd
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")

@@ -142,6 +142,41 @@ struct Shared {
     last_syncs: Mutex<HashMap<(String, i32), (i64, i64)>>,
     mirror: Mutex<Arc<MirrorSet>>,
     queue: IntGauge,
+    throttle: LogThrottle,
+}
+
+/// Repeated warnings (a cluster down for minutes) are logged at most once
+/// per [`LogThrottle::EVERY`] per kind, with the number suppressed meanwhile;
+/// the error metrics still count every one.
+#[derive(Default)]
+struct LogThrottle {
+    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl LogThrottle {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    /// `Some(suppressed since the last log)` when this one may be logged.
+    fn allow(&self, kind: &'static str) -> Option<u64> {
+        let mut m = self.last.lock().ok()?;
+        let now = Instant::now();
+        match m.get_mut(kind) {
+            Some((at, n)) if now.duration_since(*at) < Self::EVERY => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                let s = *n;
+                *at = now;
+                *n = 0;
+                Some(s)
+            }
+            None => {
+                m.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -262,7 +297,9 @@ impl ClientContext for DeliveryCtx {
             .errors
             .with_label_values(&[&self.shared.flow, "target_client"])
             .inc();
-        warn!(flow = %self.shared.flow, %error, "target producer: {reason}");
+        if let Some(suppressed) = self.shared.throttle.allow("target_client") {
+            warn!(flow = %self.shared.flow, %error, suppressed, "target producer: {reason}");
+        }
     }
 }
 
@@ -397,7 +434,9 @@ impl ClientContext for FlowConsumerCtx {
             .errors
             .with_label_values(&[&self.shared.flow, "source_client"])
             .inc();
-        warn!(flow = %self.shared.flow, %error, "source consumer: {reason}");
+        if let Some(suppressed) = self.shared.throttle.allow("source_client") {
+            warn!(flow = %self.shared.flow, %error, suppressed, "source consumer: {reason}");
+        }
     }
     fn stats_raw(&self, json: &[u8]) {
         #[derive(serde::Deserialize)]
@@ -654,6 +693,7 @@ impl Replicator {
             last_syncs: Mutex::new(HashMap::new()),
             mirror: Mutex::new(Arc::new(MirrorSet::new())),
             queue: m.producer_queue.with_label_values(&[&flow]),
+            throttle: LogThrottle::default(),
         });
         let group = self.flow.group_id(&self.source.alias, &self.target.alias);
         let client_id = format!("kmirror-{}-{}", flow, std::process::id());
@@ -791,7 +831,9 @@ impl Replicator {
                 None => continue,
                 Some(Err(e)) => {
                     m.errors.with_label_values(&[&flow, "consume"]).inc();
-                    warn!(flow = %flow, error = %e, "consume error");
+                    if let Some(suppressed) = shared.throttle.allow("consume") {
+                        warn!(flow = %flow, error = %e, suppressed, "consume error");
+                    }
                     continue;
                 }
                 Some(Ok(msg)) => msg,
@@ -1009,6 +1051,7 @@ fn forward(
     slot.inflight.fetch_add(1, Ordering::AcqRel);
     sh.queue.inc();
     let mut waited = false;
+    let mut backoff = Duration::from_millis(1);
     loop {
         match producer.send(rec) {
             Ok(()) => break,
@@ -1028,7 +1071,10 @@ fn forward(
                     slot.inflight.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                // Wait for room: 1 ms at first (a busy pipe), up to 50 ms
+                // (a target that is down).
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
             }
             Err((e, _)) => {
                 sh.queue.dec();

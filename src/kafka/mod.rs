@@ -51,7 +51,7 @@ pub fn client_config(cluster: &ClusterConfig, role: Role, client_id: &str) -> Cl
             c.set("batch.size", "1000000");
             // Retry forever: a refused or timed-out record must never be
             // dropped; the flow stops the partition on permanent errors.
-            c.set("message.timeout.ms", "0");
+            c.set("message.timeout.ms", "2147483647");
         }
     }
     for (k, v) in cluster.properties.iter() {

@@ -1,0 +1,350 @@
+//! The checkpoint loop and the failover commands.
+//!
+//! Every `checkpoint_interval`, per flow: follow the offset-sync topic on
+//! the target into an [`OffsetSyncStore`] (loaded completely before the
+//! first checkpoint), list the source consumer groups the flow selects,
+//! fetch their committed offsets for the mirrored topics, translate them,
+//! and write one MM2 Checkpoint record per (group, target topic, partition)
+//! to `<source>.checkpoints.internal` on the target, only when it changed.
+//! With `sync_group_offsets`, the translated offsets are also committed to
+//! the same group on the target while it has no active members there, and
+//! never moved backwards.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::codec::{Checkpoint, OffsetSync};
+use super::store::OffsetSyncStore;
+use crate::config::{ClusterConfig, FlowConfig};
+use crate::discovery::MirrorSet;
+use crate::flow::offset_syncs_topic;
+use crate::kafka::{self, KContext, Role};
+use crate::metrics::Metrics;
+use crate::policy::NameFilter;
+
+/// Name of the checkpoints topic on the target.
+pub fn checkpoints_topic(source_alias: &str) -> String {
+    format!("{source_alias}.checkpoints.internal")
+}
+
+/// Offset-sync points kept per partition in memory.
+pub const MAX_POINTS_PER_PARTITION: usize = 10_000;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A group-less reader of one cluster.
+pub fn reader(c: &ClusterConfig, client_id: &str) -> Result<BaseConsumer<KContext>, String> {
+    let mut cfg = kafka::client_config(c, Role::Admin, client_id);
+    cfg.set("group.id", format!("{client_id}-unused"));
+    cfg.set("enable.auto.commit", "false");
+    cfg.create_with_context(KContext::default()).map_err(|e| e.to_string())
+}
+
+/// A consumer bound to group `group` that never joins it: for reading and
+/// committing that group's offsets.
+pub fn group_client(c: &ClusterConfig, group: &str) -> Result<BaseConsumer<KContext>, String> {
+    let mut cfg = kafka::client_config(c, Role::Admin, "kmirror-offsets");
+    cfg.set("group.id", group);
+    cfg.set("enable.auto.commit", "false");
+    cfg.create_with_context(KContext::default()).map_err(|e| e.to_string())
+}
+
+/// Follows a single-partition internal topic from the start.
+struct Follower {
+    topic: String,
+    pos: i64,
+}
+
+impl Follower {
+    /// New records since the last call (all of them the first time).
+    fn poll(&mut self, c: &BaseConsumer<KContext>) -> Result<Vec<rdkafka::message::OwnedMessage>, String> {
+        let md = c.fetch_metadata(None, TIMEOUT).map_err(|e| e.to_string())?;
+        if !md.topics().iter().any(|t| t.name() == self.topic && !t.partitions().is_empty()) {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = c.fetch_watermarks(&self.topic, 0, TIMEOUT).map_err(|e| e.to_string())?;
+        let from = self.pos.max(lo);
+        if from >= hi {
+            return Ok(Vec::new());
+        }
+        let recs = kafka::read_range(c, &self.topic, 0, from, hi)?;
+        self.pos = hi;
+        Ok(recs)
+    }
+}
+
+/// Loads every offset-sync point persisted on the target into a store.
+fn feed(store: &mut OffsetSyncStore, recs: &[rdkafka::message::OwnedMessage]) {
+    for m in recs {
+        if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+            if let Ok(s) = OffsetSync::decode(k, v) {
+                store.add(&s.topic, s.partition, s.upstream_offset, s.downstream_offset);
+            }
+        }
+    }
+}
+
+/// Whether a group has active members (by its state and member list).
+pub fn group_active(c: &BaseConsumer<KContext>, group: &str) -> Result<bool, String> {
+    let list = c
+        .fetch_group_list(Some(group), TIMEOUT)
+        .map_err(|e| format!("cannot describe group {group}: {e}"))?;
+    Ok(list.groups().iter().any(|g| {
+        g.name() == group
+            && (!g.members().is_empty() || !matches!(g.state(), "" | "Empty" | "Dead" | "Unknown"))
+    }))
+}
+
+/// Committed offsets of `group` for the given partitions.
+pub fn committed(
+    c: &BaseConsumer<KContext>,
+    parts: &[(String, i32)],
+) -> Result<BTreeMap<(String, i32), i64>, String> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in parts {
+        tpl.add_partition(t, *p);
+    }
+    let got = c.committed_offsets(tpl, TIMEOUT).map_err(|e| e.to_string())?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Commits offsets for a group that has no active members.
+pub fn commit(c: &BaseConsumer<KContext>, offsets: &BTreeMap<(String, i32), i64>) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in offsets {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o)).map_err(|e| e.to_string())?;
+    }
+    c.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())
+}
+
+/// One flow's checkpoint loop.
+pub struct Checkpointer {
+    /// The flow.
+    pub flow: FlowConfig,
+    /// Source cluster.
+    pub source: ClusterConfig,
+    /// Target cluster.
+    pub target: ClusterConfig,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The flow's mirror set.
+    pub mirror: watch::Receiver<Arc<MirrorSet>>,
+}
+
+struct State {
+    store: OffsetSyncStore,
+    syncs: Follower,
+    written: HashMap<(String, String, i32), (i64, i64)>,
+    warned: HashSet<String>,
+}
+
+impl Checkpointer {
+    /// Runs until `shutdown`. Each run is blocking work on its own thread.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let groups = NameFilter::new(&self.flow.groups, &self.flow.groups_exclude)
+            .map_err(|e| anyhow::anyhow!("flow {}: {e}", self.flow.name))?;
+        let me = Arc::new(self);
+        let state = State {
+            store: OffsetSyncStore::new(MAX_POINTS_PER_PARTITION),
+            syncs: Follower {
+                topic: offset_syncs_topic(&me.source.alias),
+                pos: 0,
+            },
+            written: HashMap::new(),
+            warned: HashSet::new(),
+        };
+        let mut tick = tokio::time::interval(me.flow.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let flow_name = me.flow.name.clone();
+        let clients = {
+            let me = me.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, String> {
+                let src = reader(&me.source, "kmirror-checkpoints")?;
+                let dst = reader(&me.target, "kmirror-checkpoints")?;
+                let mut pcfg = kafka::client_config(&me.target, Role::Producer, "kmirror-checkpoints");
+                pcfg.set("enable.idempotence", "true");
+                pcfg.set("message.timeout.ms", "30000");
+                let p: ThreadedProducer<DefaultProducerContext> = pcfg.create().map_err(|e| e.to_string())?;
+                Ok((src, dst, p))
+            })
+            .await?
+            .map_err(|e| anyhow::anyhow!("checkpoints of flow {flow_name}: {e}"))?
+        };
+        let clients = Arc::new(clients);
+        let groups = Arc::new(groups);
+        let mut st = Some(state);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let set = me.mirror.borrow().clone();
+            let (me2, cl, gr) = (me.clone(), clients.clone(), groups.clone());
+            let mut s = st.take().expect("state");
+            let started = Instant::now();
+            let (s, r) = tokio::task::spawn_blocking(move || {
+                let r = me2.once(&cl.0, &cl.1, &cl.2, &gr, &set, &mut s);
+                (s, r)
+            })
+            .await?;
+            st = Some(s);
+            me.metrics
+                .checkpoint_latency
+                .with_label_values(&[&me.flow.name])
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = r {
+                me.metrics.errors.with_label_values(&[&me.flow.name, "checkpoint"]).inc();
+                warn!(flow = %me.flow.name, error = %e, "checkpoint run failed; retrying next interval");
+            }
+        }
+    }
+
+    fn once(
+        &self,
+        src: &BaseConsumer<KContext>,
+        dst: &BaseConsumer<KContext>,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        groups: &NameFilter,
+        set: &MirrorSet,
+        st: &mut State,
+    ) -> Result<(), String> {
+        let recs = st.syncs.poll(dst)?;
+        feed(&mut st.store, &recs);
+        if set.is_empty() {
+            return Ok(());
+        }
+        let own = format!("kmirror.{}.{}.", self.source.alias, self.target.alias);
+        let list = src
+            .fetch_group_list(None, TIMEOUT)
+            .map_err(|e| format!("cannot list source groups: {e}"))?;
+        let parts: Vec<(String, i32)> = set
+            .values()
+            .flat_map(|m| (0..m.partitions).map(move |p| (m.source.clone(), p)))
+            .collect();
+        let cp_topic = checkpoints_topic(&self.source.alias);
+        for g in list.groups() {
+            let group = g.name();
+            if group.starts_with(&own) || !groups.matches(group) {
+                continue;
+            }
+            let gc = group_client(&self.source, group)?;
+            let offsets = committed(&gc, &parts)?;
+            let mut translated: BTreeMap<(String, i32), i64> = BTreeMap::new();
+            for ((topic, p), c) in &offsets {
+                let Some(m) = set.get(topic) else { continue };
+                match st.store.translate(topic, *p, *c) {
+                    Some(down) => {
+                        translated.insert((m.target.clone(), *p), down);
+                        let key = (group.to_string(), m.target.clone(), *p);
+                        if st.written.get(&key) == Some(&(*c, down)) {
+                            continue;
+                        }
+                        let cp = Checkpoint {
+                            group: group.to_string(),
+                            topic: m.target.clone(),
+                            partition: *p,
+                            upstream_offset: *c,
+                            downstream_offset: down,
+                            metadata: String::new(),
+                        };
+                        let (k, v) = (cp.key(), cp.value());
+                        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&cp_topic).partition(0).key(&k[..]).payload(&v[..]);
+                        producer.send(rec).map_err(|(e, _)| format!("cannot queue a checkpoint: {e}"))?;
+                        st.written.insert(key, (*c, down));
+                        self.metrics.checkpoints.with_label_values(&[&self.flow.name, group]).inc();
+                        debug!(flow = %self.flow.name, group, topic = %topic, partition = p, upstream = c, downstream = down, "checkpoint");
+                    }
+                    None => {
+                        self.metrics.translation_misses.with_label_values(&[&self.flow.name]).inc();
+                    }
+                }
+            }
+            if self.flow.sync_group_offsets && !translated.is_empty() {
+                self.sync_group(group, &translated, st)?;
+            }
+        }
+        producer.flush(TIMEOUT).map_err(|e| format!("checkpoints not acknowledged: {e}"))?;
+        Ok(())
+    }
+
+    /// Writes translated offsets into the group on the target while it is
+    /// idle there, never moving a partition backwards.
+    fn sync_group(&self, group: &str, translated: &BTreeMap<(String, i32), i64>, st: &mut State) -> Result<(), String> {
+        let tc = group_client(&self.target, group)?;
+        let skipped = |why: &str| {
+            self.metrics
+                .group_offset_syncs
+                .with_label_values(&[&self.flow.name, why])
+                .inc();
+        };
+        if group_active(&tc, group)? {
+            skipped("skipped_active");
+            if st.warned.insert(format!("active/{group}")) {
+                info!(flow = %self.flow.name, group, "group has active members on the target; its offsets are not synced while it is active");
+            }
+            return Ok(());
+        }
+        st.warned.remove(&format!("active/{group}"));
+        let parts: Vec<(String, i32)> = translated.keys().cloned().collect();
+        let current = committed(&tc, &parts)?;
+        let forward: BTreeMap<(String, i32), i64> = translated
+            .iter()
+            .filter(|(k, o)| current.get(*k).is_none_or(|c| **o > *c))
+            .map(|(k, o)| (k.clone(), *o))
+            .collect();
+        if forward.is_empty() {
+            return Ok(());
+        }
+        match commit(&tc, &forward) {
+            Ok(()) => {
+                skipped("ok");
+                Ok(())
+            }
+            Err(e) => {
+                skipped("error");
+                Err(format!("cannot commit offsets of group {group} on the target: {e}"))
+            }
+        }
+    }
+}
+
+/// The latest checkpoint per (target topic, partition) of `group`, read
+/// from the checkpoints topic on the target.
+pub fn latest_checkpoints(
+    target: &ClusterConfig,
+    source_alias: &str,
+    group: &str,
+) -> Result<BTreeMap<(String, i32), Checkpoint>, String> {
+    let c = reader(target, "kmirror-offsets")?;
+    let mut f = Follower {
+        topic: checkpoints_topic(source_alias),
+        pos: 0,
+    };
+    let mut out = BTreeMap::new();
+    for m in f.poll(&c)? {
+        if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+            if let Ok(cp) = Checkpoint::decode(k, v) {
+                if cp.group == group {
+                    out.insert((cp.topic.clone(), cp.partition), cp);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
