@@ -31,15 +31,27 @@ async fn ensure_internal_topics(
     let admin: AdminClient<KContext> =
         kafka::client_config(&config.target, Role::Admin, "kmirror-admin")
             .create_with_context(KContext::default())?;
+    // The offset-sync topic is never compacted: its key is MM2's
+    // (topic, partition), so compaction would keep one point per partition
+    // and lose the history that exact translation needs.
     let topics = [
-        HEARTBEATS_TOPIC.to_string(),
-        offset_syncs_topic(&config.source.alias),
+        (HEARTBEATS_TOPIC.to_string(), "compact"),
+        (offset_syncs_topic(&config.source.alias), "delete"),
+        (
+            crate::config_sync::sync::managed_topic(&config.source.alias),
+            "compact",
+        ),
+        (
+            crate::offsets::checkpoint::checkpoints_topic(&config.source.alias),
+            "compact",
+        ),
     ];
     let mut delay = Duration::from_millis(500);
     loop {
         let mut failed = None;
-        for t in &topics {
-            if let Err(e) = discovery::create_topic(&admin, t, 1, -1, &[]).await {
+        for (t, policy) in &topics {
+            let configs = [("cleanup.policy", *policy)];
+            if let Err(e) = discovery::create_topic(&admin, t, 1, -1, &configs).await {
                 failed = Some(format!("{t}: {e}"));
             }
         }
@@ -153,6 +165,17 @@ pub async fn run_with(
         tasks.push((
             format!("config sync {}", f.name),
             tokio::spawn(sync.run(shutdown.clone())),
+        ));
+        let cp = crate::offsets::checkpoint::Checkpointer {
+            flow: f.clone(),
+            source: config.source.clone(),
+            target: config.target.clone(),
+            metrics: metrics.clone(),
+            mirror: rx.clone(),
+        };
+        tasks.push((
+            format!("checkpoints {}", f.name),
+            tokio::spawn(cp.run(shutdown.clone())),
         ));
         health.add_flow(&f.name);
         let rep = Replicator {

@@ -125,9 +125,12 @@ fn plan(path: &Path, format: OutputFormat) -> u8 {
 
 /// `kmirror offsets translate|apply`: the failover runbook's commands.
 fn offsets(cmd: OffsetsCommand) -> u8 {
-    use crate::offsets::checkpoint::{checkpoints_topic, commit, committed, group_active, group_client, latest_checkpoints};
+    use crate::offsets::checkpoint::{
+        checkpoints_topic, commit, committed, group_active, group_client, latest_checkpoints,
+    };
     let (path, group) = match &cmd {
-        OffsetsCommand::Translate { config, group, .. } | OffsetsCommand::Apply { config, group, .. } => (config, group),
+        OffsetsCommand::Translate { config, group, .. }
+        | OffsetsCommand::Apply { config, group, .. } => (config, group),
     };
     let c = match load_or_report(path) {
         Ok(c) => c,
@@ -136,7 +139,11 @@ fn offsets(cmd: OffsetsCommand) -> u8 {
     let cps = match latest_checkpoints(&c.target, &c.source.alias, group) {
         Ok(cps) => cps,
         Err(e) => {
-            eprintln!("kmirror offsets: cannot read {} on target {}: {e}", checkpoints_topic(&c.source.alias), c.target.alias);
+            eprintln!(
+                "kmirror offsets: cannot read {} on target {}: {e}",
+                checkpoints_topic(&c.source.alias),
+                c.target.alias
+            );
             return EXIT_FAILURE;
         }
     };
@@ -156,12 +163,18 @@ fn offsets(cmd: OffsetsCommand) -> u8 {
                         .values()
                         .map(|cp| serde_json::json!({"topic": cp.topic, "partition": cp.partition, "offset": cp.downstream_offset, "source_offset": cp.upstream_offset}))
                         .collect();
-                    println!("{}", serde_json::json!({"group": group, "target": c.target.alias, "offsets": v}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"group": group, "target": c.target.alias, "offsets": v})
+                    );
                 }
                 OutputFormat::Text => {
                     println!("group {group} on target {}: resume from", c.target.alias);
                     for cp in cps.values() {
-                        println!("  {} [{}]  offset {}   (source offset {})", cp.topic, cp.partition, cp.downstream_offset, cp.upstream_offset);
+                        println!(
+                            "  {} [{}]  offset {}   (source offset {})",
+                            cp.topic, cp.partition, cp.downstream_offset, cp.upstream_offset
+                        );
                     }
                 }
             }
@@ -186,12 +199,16 @@ fn offsets(cmd: OffsetsCommand) -> u8 {
                     return EXIT_FAILURE;
                 }
             }
-            let want: std::collections::BTreeMap<(String, i32), i64> =
-                cps.values().map(|cp| ((cp.topic.clone(), cp.partition), cp.downstream_offset)).collect();
+            let want: std::collections::BTreeMap<(String, i32), i64> = cps
+                .values()
+                .map(|cp| ((cp.topic.clone(), cp.partition), cp.downstream_offset))
+                .collect();
             let parts: Vec<(String, i32)> = want.keys().cloned().collect();
             let before = committed(&client, &parts).unwrap_or_default();
             for ((t, p), o) in &want {
-                let was = before.get(&(t.clone(), *p)).map_or("none".to_string(), |v| v.to_string());
+                let was = before
+                    .get(&(t.clone(), *p))
+                    .map_or("none".to_string(), |v| v.to_string());
                 println!("  {t} [{p}]  {was} -> {o}");
             }
             if dry_run {
@@ -200,7 +217,11 @@ fn offsets(cmd: OffsetsCommand) -> u8 {
             }
             match commit(&client, &want) {
                 Ok(()) => {
-                    println!("group {group} on target {}: {} partition offset(s) written", c.target.alias, want.len());
+                    println!(
+                        "group {group} on target {}: {} partition offset(s) written",
+                        c.target.alias,
+                        want.len()
+                    );
                     EXIT_OK
                 }
                 Err(e) => {

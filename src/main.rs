@@ -8,12 +8,16 @@ use clap::Parser;
 use kmirror::cli::{Cli, LogFormat};
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rdkafka logs a spurious error when a consumer that kmirror already
-        // closed is dropped; hide that module unless RUST_LOG asks for it.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,rdkafka::consumer::base_consumer=off")
-        });
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rdkafka logs a spurious error when a consumer that kmirror already
+    // closed is dropped; hide that module unless RUST_LOG names it.
+    if !spec.contains("rdkafka::consumer") {
+        if let Ok(d) = "rdkafka::consumer::base_consumer=off".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

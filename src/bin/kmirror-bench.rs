@@ -357,7 +357,8 @@ fn run(a: &Args) -> Result<(), String> {
     let mut cmd = match std::env::var("KMIRROR_BENCH_PERF") {
         Ok(out) => {
             let mut c = Command::new("perf");
-            c.args(["record", "-F", "999", "-g", "-o", &out, "--"]).arg(&kmirror);
+            c.args(["record", "-F", "999", "-g", "-o", &out, "--"])
+                .arg(&kmirror);
             c
         }
         Err(_) => Command::new(&kmirror),

@@ -223,6 +223,7 @@ impl ConfigSync {
             }
         };
         let mut reported: HashSet<String> = HashSet::new();
+        let mut created_at: HashMap<String, std::time::Instant> = HashMap::new();
         let mut tick = tokio::time::interval(self.flow.sync_configs_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -237,15 +238,27 @@ impl ConfigSync {
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
+                let before = managed.0.get(&m.target).cloned().unwrap_or_default();
+                if m.target_partitions == 0
+                    && created_at
+                        .get(&m.target)
+                        .is_some_and(|t: &std::time::Instant| t.elapsed() < Duration::from_secs(30))
+                {
+                    // Created moments ago; discovery has not seen it yet.
+                    continue;
+                }
                 let span =
                     tracing::info_span!("config_sync", flow = %self.flow.name, topic = %m.source);
-                let _g = span.enter();
-                let before = managed.0.get(&m.target).cloned().unwrap_or_default();
-                match self
-                    .sync_topic(&src, &dst, m, before.clone(), &mut reported)
-                    .await
-                {
+                let result = tracing::Instrument::instrument(
+                    self.sync_topic(&src, &dst, m, before.clone(), &mut reported),
+                    span,
+                )
+                .await;
+                match result {
                     Ok((did_create, now)) => {
+                        if did_create {
+                            created_at.insert(m.target.clone(), std::time::Instant::now());
+                        }
                         created |= did_create;
                         if now != before {
                             self.save_managed(&producer, &managed_topic, &m.target, &now)

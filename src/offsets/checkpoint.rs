@@ -46,7 +46,8 @@ pub fn reader(c: &ClusterConfig, client_id: &str) -> Result<BaseConsumer<KContex
     let mut cfg = kafka::client_config(c, Role::Admin, client_id);
     cfg.set("group.id", format!("{client_id}-unused"));
     cfg.set("enable.auto.commit", "false");
-    cfg.create_with_context(KContext::default()).map_err(|e| e.to_string())
+    cfg.create_with_context(KContext::default())
+        .map_err(|e| e.to_string())
 }
 
 /// A consumer bound to group `group` that never joins it: for reading and
@@ -55,7 +56,8 @@ pub fn group_client(c: &ClusterConfig, group: &str) -> Result<BaseConsumer<KCont
     let mut cfg = kafka::client_config(c, Role::Admin, "kmirror-offsets");
     cfg.set("group.id", group);
     cfg.set("enable.auto.commit", "false");
-    cfg.create_with_context(KContext::default()).map_err(|e| e.to_string())
+    cfg.create_with_context(KContext::default())
+        .map_err(|e| e.to_string())
 }
 
 /// Follows a single-partition internal topic from the start.
@@ -66,12 +68,21 @@ struct Follower {
 
 impl Follower {
     /// New records since the last call (all of them the first time).
-    fn poll(&mut self, c: &BaseConsumer<KContext>) -> Result<Vec<rdkafka::message::OwnedMessage>, String> {
+    fn poll(
+        &mut self,
+        c: &BaseConsumer<KContext>,
+    ) -> Result<Vec<rdkafka::message::OwnedMessage>, String> {
         let md = c.fetch_metadata(None, TIMEOUT).map_err(|e| e.to_string())?;
-        if !md.topics().iter().any(|t| t.name() == self.topic && !t.partitions().is_empty()) {
+        if !md
+            .topics()
+            .iter()
+            .any(|t| t.name() == self.topic && !t.partitions().is_empty())
+        {
             return Ok(Vec::new());
         }
-        let (lo, hi) = c.fetch_watermarks(&self.topic, 0, TIMEOUT).map_err(|e| e.to_string())?;
+        let (lo, hi) = c
+            .fetch_watermarks(&self.topic, 0, TIMEOUT)
+            .map_err(|e| e.to_string())?;
         let from = self.pos.max(lo);
         if from >= hi {
             return Ok(Vec::new());
@@ -87,7 +98,12 @@ fn feed(store: &mut OffsetSyncStore, recs: &[rdkafka::message::OwnedMessage]) {
     for m in recs {
         if let (Some(k), Some(v)) = (m.key(), m.payload()) {
             if let Ok(s) = OffsetSync::decode(k, v) {
-                store.add(&s.topic, s.partition, s.upstream_offset, s.downstream_offset);
+                store.add(
+                    &s.topic,
+                    s.partition,
+                    s.upstream_offset,
+                    s.downstream_offset,
+                );
             }
         }
     }
@@ -113,7 +129,9 @@ pub fn committed(
     for (t, p) in parts {
         tpl.add_partition(t, *p);
     }
-    let got = c.committed_offsets(tpl, TIMEOUT).map_err(|e| e.to_string())?;
+    let got = c
+        .committed_offsets(tpl, TIMEOUT)
+        .map_err(|e| e.to_string())?;
     Ok(got
         .elements()
         .iter()
@@ -125,10 +143,14 @@ pub fn committed(
 }
 
 /// Commits offsets for a group that has no active members.
-pub fn commit(c: &BaseConsumer<KContext>, offsets: &BTreeMap<(String, i32), i64>) -> Result<(), String> {
+pub fn commit(
+    c: &BaseConsumer<KContext>,
+    offsets: &BTreeMap<(String, i32), i64>,
+) -> Result<(), String> {
     let mut tpl = TopicPartitionList::new();
     for ((t, p), o) in offsets {
-        tpl.add_partition_offset(t, *p, Offset::Offset(*o)).map_err(|e| e.to_string())?;
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(|e| e.to_string())?;
     }
     c.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())
 }
@@ -177,10 +199,12 @@ impl Checkpointer {
             tokio::task::spawn_blocking(move || -> Result<_, String> {
                 let src = reader(&me.source, "kmirror-checkpoints")?;
                 let dst = reader(&me.target, "kmirror-checkpoints")?;
-                let mut pcfg = kafka::client_config(&me.target, Role::Producer, "kmirror-checkpoints");
+                let mut pcfg =
+                    kafka::client_config(&me.target, Role::Producer, "kmirror-checkpoints");
                 pcfg.set("enable.idempotence", "true");
                 pcfg.set("message.timeout.ms", "30000");
-                let p: ThreadedProducer<DefaultProducerContext> = pcfg.create().map_err(|e| e.to_string())?;
+                let p: ThreadedProducer<DefaultProducerContext> =
+                    pcfg.create().map_err(|e| e.to_string())?;
                 Ok((src, dst, p))
             })
             .await?
@@ -198,6 +222,7 @@ impl Checkpointer {
             let (me2, cl, gr) = (me.clone(), clients.clone(), groups.clone());
             let mut s = st.take().expect("state");
             let started = Instant::now();
+            debug!(flow = %me.flow.name, "checkpoint tick");
             let (s, r) = tokio::task::spawn_blocking(move || {
                 let r = me2.once(&cl.0, &cl.1, &cl.2, &gr, &set, &mut s);
                 (s, r)
@@ -209,7 +234,10 @@ impl Checkpointer {
                 .with_label_values(&[&me.flow.name])
                 .observe(started.elapsed().as_secs_f64());
             if let Err(e) = r {
-                me.metrics.errors.with_label_values(&[&me.flow.name, "checkpoint"]).inc();
+                me.metrics
+                    .errors
+                    .with_label_values(&[&me.flow.name, "checkpoint"])
+                    .inc();
                 warn!(flow = %me.flow.name, error = %e, "checkpoint run failed; retrying next interval");
             }
         }
@@ -226,6 +254,7 @@ impl Checkpointer {
     ) -> Result<(), String> {
         let recs = st.syncs.poll(dst)?;
         feed(&mut st.store, &recs);
+        debug!(flow = %self.flow.name, new_points = recs.len(), stored = st.store.len(), topics = set.len(), "checkpoint run");
         if set.is_empty() {
             return Ok(());
         }
@@ -233,6 +262,11 @@ impl Checkpointer {
         let list = src
             .fetch_group_list(None, TIMEOUT)
             .map_err(|e| format!("cannot list source groups: {e}"))?;
+        debug!(
+            flow = %self.flow.name,
+            groups = ?list.groups().iter().map(|g| (g.name(), g.state())).collect::<Vec<_>>(),
+            "source groups"
+        );
         let parts: Vec<(String, i32)> = set
             .values()
             .flat_map(|m| (0..m.partitions).map(move |p| (m.source.clone(), p)))
@@ -264,14 +298,25 @@ impl Checkpointer {
                             metadata: String::new(),
                         };
                         let (k, v) = (cp.key(), cp.value());
-                        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&cp_topic).partition(0).key(&k[..]).payload(&v[..]);
-                        producer.send(rec).map_err(|(e, _)| format!("cannot queue a checkpoint: {e}"))?;
+                        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&cp_topic)
+                            .partition(0)
+                            .key(&k[..])
+                            .payload(&v[..]);
+                        producer
+                            .send(rec)
+                            .map_err(|(e, _)| format!("cannot queue a checkpoint: {e}"))?;
                         st.written.insert(key, (*c, down));
-                        self.metrics.checkpoints.with_label_values(&[&self.flow.name, group]).inc();
+                        self.metrics
+                            .checkpoints
+                            .with_label_values(&[&self.flow.name, group])
+                            .inc();
                         debug!(flow = %self.flow.name, group, topic = %topic, partition = p, upstream = c, downstream = down, "checkpoint");
                     }
                     None => {
-                        self.metrics.translation_misses.with_label_values(&[&self.flow.name]).inc();
+                        self.metrics
+                            .translation_misses
+                            .with_label_values(&[&self.flow.name])
+                            .inc();
                     }
                 }
             }
@@ -279,13 +324,20 @@ impl Checkpointer {
                 self.sync_group(group, &translated, st)?;
             }
         }
-        producer.flush(TIMEOUT).map_err(|e| format!("checkpoints not acknowledged: {e}"))?;
+        producer
+            .flush(TIMEOUT)
+            .map_err(|e| format!("checkpoints not acknowledged: {e}"))?;
         Ok(())
     }
 
     /// Writes translated offsets into the group on the target while it is
     /// idle there, never moving a partition backwards.
-    fn sync_group(&self, group: &str, translated: &BTreeMap<(String, i32), i64>, st: &mut State) -> Result<(), String> {
+    fn sync_group(
+        &self,
+        group: &str,
+        translated: &BTreeMap<(String, i32), i64>,
+        st: &mut State,
+    ) -> Result<(), String> {
         let tc = group_client(&self.target, group)?;
         let skipped = |why: &str| {
             self.metrics
@@ -318,7 +370,9 @@ impl Checkpointer {
             }
             Err(e) => {
                 skipped("error");
-                Err(format!("cannot commit offsets of group {group} on the target: {e}"))
+                Err(format!(
+                    "cannot commit offsets of group {group} on the target: {e}"
+                ))
             }
         }
     }
