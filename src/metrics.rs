@@ -65,6 +65,12 @@ pub struct Metrics {
     pub producer_queue: IntGaugeVec,
     /// Topics mirrored by each flow.
     pub topics_mirrored: IntGaugeVec,
+    /// librdkafka: messages in the client's queues.
+    pub client_queue: IntGaugeVec,
+    /// librdkafka: 1 when the connection to a broker is up.
+    pub broker_up: IntGaugeVec,
+    /// librdkafka: average broker round-trip time.
+    pub broker_rtt: prometheus::GaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -117,6 +123,13 @@ impl Metrics {
             partitions_paused: gauge(&r, "kmirror_partitions_paused", "Partitions not being consumed, by reason (stopped: refused record; held: target lacks the partition; backpressure).", &["flow", "reason"]),
             producer_queue: gauge(&r, "kmirror_producer_queue_records", "Records handed to the target producer and not yet acknowledged.", &["flow"]),
             topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
+            client_queue: gauge(&r, "kmirror_client_queue_messages", "librdkafka statistics: messages waiting in the client's queues (producer: not yet acknowledged; consumer: fetched, not yet handed over).", &["flow", "client"]),
+            broker_up: gauge(&r, "kmirror_broker_up", "librdkafka statistics: 1 when the client's connection to the broker is UP.", &["flow", "client", "broker"]),
+            broker_rtt: {
+                let g = prometheus::GaugeVec::new(Opts::new("kmirror_broker_rtt_seconds", "librdkafka statistics: average request round-trip time to the broker over the last statistics interval."), &["flow", "client", "broker"]).expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry: r,
         };
         m.build_info
@@ -154,6 +167,50 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// Records the figures operators use from one librdkafka statistics JSON
+/// (`statistics.interval.ms`): queue depth, broker state and round trip.
+pub fn record_client_stats(m: &Metrics, flow: &str, client: &str, json: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Stats {
+        #[serde(default)]
+        msg_cnt: i64,
+        #[serde(default)]
+        brokers: std::collections::HashMap<String, Broker>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Broker {
+        #[serde(default)]
+        state: String,
+        #[serde(default)]
+        rtt: Option<Window>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Window {
+        #[serde(default)]
+        avg: i64,
+    }
+    let Ok(s) = serde_json::from_slice::<Stats>(json) else {
+        return;
+    };
+    m.client_queue
+        .with_label_values(&[flow, client])
+        .set(s.msg_cnt);
+    for (name, b) in s.brokers {
+        if name.ends_with("/bootstrap") {
+            continue; // the bootstrap placeholder, not a broker
+        }
+        let broker = name.split('/').next().unwrap_or(&name);
+        m.broker_up
+            .with_label_values(&[flow, client, broker])
+            .set(i64::from(b.state == "UP"));
+        if let Some(w) = b.rtt {
+            m.broker_rtt
+                .with_label_values(&[flow, client, broker])
+                .set(w.avg as f64 / 1_000_000.0);
+        }
     }
 }
 

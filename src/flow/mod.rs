@@ -109,7 +109,6 @@ struct Slot {
     bytes: IntCounter,
     latency: Histogram,
     age: Histogram,
-    lag: IntGauge,
 }
 
 impl Slot {
@@ -216,7 +215,6 @@ impl Shared {
                 .replication_latency
                 .with_label_values(&[&self.flow, topic]),
             age: m.record_age.with_label_values(&[&self.flow, topic]),
-            lag: m.lag.with_label_values(&labels),
         });
         let mut index = self.index.lock().expect("index lock");
         let parts = index.entry(topic.to_string()).or_default();
@@ -290,6 +288,14 @@ struct DeliveryCtx {
 impl ClientContext for DeliveryCtx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
         log_librdkafka(level, fac, msg)
+    }
+    fn stats_raw(&self, json: &[u8]) {
+        crate::metrics::record_client_stats(
+            &self.shared.metrics,
+            &self.shared.flow,
+            "target_producer",
+            json,
+        );
     }
     fn error(&self, error: KafkaError, reason: &str) {
         self.shared
@@ -439,6 +445,12 @@ impl ClientContext for FlowConsumerCtx {
         }
     }
     fn stats_raw(&self, json: &[u8]) {
+        crate::metrics::record_client_stats(
+            &self.shared.metrics,
+            &self.shared.flow,
+            "source_consumer",
+            json,
+        );
         #[derive(serde::Deserialize)]
         struct Stats {
             #[serde(default)]
@@ -476,7 +488,18 @@ impl ClientContext for FlowConsumerCtx {
                         ps.committed_offset
                     };
                     if pos >= 0 {
-                        slot.lag.set((ps.hi_offset - pos).max(0));
+                        // Created on the first statistics, so that a lag of
+                        // 0 always means "measured and caught up".
+                        let part = p.to_string();
+                        self.shared
+                            .metrics
+                            .lag
+                            .with_label_values(&[
+                                self.shared.flow.as_str(),
+                                topic.as_str(),
+                                part.as_str(),
+                            ])
+                            .set((ps.hi_offset - pos).max(0));
                     }
                 }
             }
@@ -699,6 +722,7 @@ impl Replicator {
         let client_id = format!("kmirror-{}-{}", flow, std::process::id());
 
         let mut pcfg = kafka::client_config(&self.target, Role::Producer, &client_id);
+        pcfg.set("statistics.interval.ms", "5000");
         kafka::apply_producer_owned(
             &mut pcfg,
             self.flow.compression.as_librdkafka(),

@@ -65,10 +65,14 @@ enum Gap {
     /// redundant. If both ends lie on that line it is one run; otherwise the
     /// dropped points would decide where a run ends: unknown.
     Lossy(i64),
-    /// The right end starts a newer session (a rewind). In the older
-    /// history, the point after the left end was this one (it was superseded
-    /// and removed, or ignored): translate strictly inside with it.
-    Rewound { up: i64, down: i64 },
+    /// The right end starts a newer session (a rewind): older points
+    /// (superseded by it, all at or after its source offset) followed the
+    /// left end. `(up, down)` is the oldest of them, i.e. the left end's
+    /// successor in its own session, which decides the inside; `newest` is
+    /// the highest target offset among them (a point added inside that is
+    /// older than `newest` but newer than `down` leaves the right part
+    /// unknown).
+    Rewound { up: i64, down: i64, newest: i64 },
     /// Nothing is known strictly inside.
     Unknown,
 }
@@ -100,29 +104,56 @@ fn redundant(x: &Point, y: &Point, z: &Point) -> bool {
     x.delta() == d && z.delta() == d && run_gap(y.before, d) && run_gap(z.before, d)
 }
 
-/// The gap `g`, left of a point that starts a newer session, learns that
-/// the older point `(up, down)` follows its left end in the older history
-/// (the nearest one wins).
-fn with_older(g: Gap, up: i64, down: i64) -> Gap {
+/// The gap `g`, left of a point that starts a newer session, learns of
+/// older points that followed its left end: the oldest is `(up, down)`,
+/// the newest at `newest`.
+fn with_older(g: Gap, up: i64, down: i64, newest: i64) -> Gap {
     match g {
-        Gap::Exact => Gap::Rewound { up, down },
-        Gap::Rewound { up: ru, down: rd } if up < ru && down < rd => Gap::Rewound { up, down },
-        Gap::Rewound { up: ru, down: rd } if up >= ru && down >= rd => g,
-        _ => Gap::Unknown,
+        Gap::Exact => Gap::Rewound { up, down, newest },
+        Gap::Rewound {
+            up: u,
+            down: d,
+            newest: m,
+        } => {
+            let (up, down) = if down < d { (up, down) } else { (u, d) };
+            Gap::Rewound {
+                up,
+                down,
+                newest: newest.max(m),
+            }
+        }
+        Gap::Lossy(_) | Gap::Unknown => Gap::Unknown,
     }
 }
 
 /// The states of the two halves of a gap `g` split by point `p`.
 fn split(g: Gap, p: &Point) -> (Gap, Gap) {
     match g {
-        // `p` is older history, before the older point: the left half is
-        // an ordinary gap of that history.
+        // `p` is older than every older point noted: the left half is an
+        // ordinary gap of `p`'s history.
         Gap::Rewound { down, .. } if p.down < down => (Gap::Exact, g),
-        // `p` is newer than the older point (which it then supersedes): it
-        // starts the newer session itself.
-        Gap::Rewound { down, .. } if p.down > down => (g, Gap::Exact),
+        // `p` is newer than all of them: it starts the newer session (or
+        // one between), and they all follow the left end.
+        Gap::Rewound { newest, .. } if p.down > newest => (g, Gap::Exact),
+        // Some are older than `p`, some newer: which of the newer ones
+        // follows `p` is not kept.
+        Gap::Rewound { up, down, .. } if p.down > down && p.down < newest_of(&g) => (
+            Gap::Rewound {
+                up,
+                down,
+                newest: p.down - 1,
+            },
+            Gap::Unknown,
+        ),
         Gap::Rewound { .. } => (Gap::Unknown, Gap::Unknown),
         other => (other, other),
+    }
+}
+
+fn newest_of(g: &Gap) -> i64 {
+    match *g {
+        Gap::Rewound { newest, .. } => newest,
+        _ => i64::MIN,
     }
 }
 
@@ -191,30 +222,47 @@ impl Partition {
             before: Gap::Exact,
         };
         if end > start {
-            let first = pts[start];
-            let mut left = match first.before {
-                Gap::Exact => Gap::Rewound {
-                    up: first.up,
-                    down: first.down,
-                },
-                _ => Gap::Unknown,
-            };
+            // Every removed point, and every older point noted between them,
+            // followed the left end in some older session.
+            let mut left = Gap::Exact;
+            let mut lost = false;
+            for r in pts.range(start..end) {
+                left = with_older(left, r.up, r.down, r.down);
+                match r.before {
+                    Gap::Exact => {}
+                    Gap::Rewound {
+                        up: u,
+                        down: d,
+                        newest: m,
+                    } => left = with_older(left, u, d, m),
+                    Gap::Lossy(_) | Gap::Unknown => lost = true,
+                }
+            }
             let last_up = pts[end - 1].up;
             self.superseded_up = Some(self.superseded_up.map_or(last_up, |s| s.max(last_up)));
             pts.drain(start..end);
             if let Some(next) = pts.get_mut(start) {
-                // Only `next.before` can speak of points newer than `p`
-                // between `p` and `next`; the removed gaps were older history.
-                match next.before {
-                    Gap::Exact => {}
-                    Gap::Rewound { up, down } => {
-                        left = with_older(left, up, down);
-                        next.before = Gap::Exact;
+                // What `next.before` noted splits at `p` like a gap does;
+                // the removed gaps were older history.
+                next.before = match next.before {
+                    Gap::Exact => Gap::Exact,
+                    Gap::Rewound {
+                        up: u,
+                        down: d,
+                        newest: m,
+                    } if m < down => {
+                        left = with_older(left, u, d, m);
+                        Gap::Exact
                     }
-                    Gap::Lossy(_) | Gap::Unknown => next.before = Gap::Unknown,
-                }
+                    g @ Gap::Rewound { down: d, .. } if d > down => g,
+                    Gap::Rewound { up: u, down: d, .. } if d < down => {
+                        left = with_older(left, u, d, down - 1);
+                        Gap::Unknown
+                    }
+                    _ => Gap::Unknown,
+                };
             }
-            p.before = left;
+            p.before = if lost { Gap::Unknown } else { left };
         } else if let Some(next) = pts.get_mut(start) {
             let (left, right) = split(next.before, &p);
             p.before = left;
@@ -254,7 +302,7 @@ impl Partition {
             return; // corrupt
         }
         if let Some(p) = pts.get_mut(k) {
-            p.before = with_older(p.before, up, down);
+            p.before = with_older(p.before, up, down, down);
         }
     }
 
@@ -334,7 +382,10 @@ impl Partition {
             // In the older history, `committed` lay in a run from `a` (its
             // older copy comes first) or just before that history's next
             // point, which can then only be `b`'s source offset: `b`'s copy.
-            Gap::Rewound { up, down } if down - up == a.delta() => committed.checked_add(a.delta()),
+            Gap::Rewound { down, .. } if down <= a.down => None,
+            Gap::Rewound { up, down, .. } if down - up == a.delta() => {
+                committed.checked_add(a.delta())
+            }
             Gap::Rewound { .. } => Some(b.down),
         }
     }
@@ -1015,6 +1066,10 @@ mod tests {
                     } else {
                         false
                     };
+                    if must && got.is_none() {
+                        eprintln!("DEBUG points {:?}", sim.points);
+                        eprintln!("DEBUG store {:?}", store.partitions[topic][&partition]);
+                    }
                     if must {
                         assert!(got.is_some(), "store None: {ctx} C {c}");
                     }
