@@ -838,8 +838,10 @@ mod tests {
         map: Vec<(i64, i64)>,
         /// The points the replicator writes, in the order it writes them.
         points: Vec<(i64, i64)>,
-        /// A second session mirrored again what the first one had.
+        /// A later session mirrored again what an earlier one had.
         rewound: bool,
+        /// Sessions (clean stop, then an at-least-once restart).
+        sessions: usize,
     }
 
     /// Foreign records written to the target before a record whose source
@@ -942,6 +944,7 @@ mod tests {
             map,
             points,
             rewound: sessions.windows(2).any(|w| w[1].0 < w[0].1),
+            sessions: sessions.len(),
         }
     }
 
@@ -1059,7 +1062,9 @@ mod tests {
                     if got.is_some() {
                         assert_eq!(got, want, "store: {ctx} C {c}");
                     }
-                    let must = if !truncated {
+                    // Shuffled, a third session can hide which older point
+                    // follows a point of the second: the store says None.
+                    let must = if !truncated && (!shuffled || sim.sessions <= 2) {
                         covered
                     } else if !shuffled && !sim.rewound {
                         kept_first <= c && c <= last + 1
