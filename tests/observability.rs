@@ -35,12 +35,12 @@ fn records_total_sums_to_n_and_lag_falls_to_zero() {
         Duration::from_secs(60),
         &k,
     );
-    let records = format!("kmirror_records_total{{flow=\"f\",partition=");
+    let records = "kmirror_records_total{flow=\"f\",partition=";
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, m) = http_get(&listen, "/metrics").unwrap();
         assert_eq!(status, 200);
-        let n = series_sum(&m, &records);
+        let n = series_sum(&m, records);
         let lag_series: Vec<&str> = m
             .lines()
             .filter(|l| l.starts_with("kmirror_lag_records{flow=\"f\""))
@@ -96,11 +96,7 @@ fn readyz_is_503_while_the_target_is_down_and_200_after() {
         Duration::from_secs(60),
         &k,
     );
-    let status = || {
-        http_get(&listen, "/readyz")
-            .map(|(s, b)| (s, b))
-            .unwrap_or((0, String::new()))
-    };
+    let status = || http_get(&listen, "/readyz").unwrap_or((0, String::new()));
     wait_until(Duration::from_secs(30), || status().0 == 200);
     dst.kill();
     wait_until(Duration::from_secs(60), || status().0 == 503);

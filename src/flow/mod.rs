@@ -51,7 +51,10 @@ pub const PROVENANCE_HEADER: &str = "kmirror-source";
 pub const SYNC_EVERY: u64 = 1000;
 
 /// Opaque of internal records (offset syncs).
-const INTERNAL: usize = usize::MAX;
+/// Opaque flag of offset-sync records; the rest holds slot and offset.
+const SYNC_FLAG: usize = 1 << 63;
+/// Slot index of a point that no slot waits for.
+const NO_SLOT: usize = (1 << 15) - 1;
 const OFFSET_BITS: u32 = 48;
 const OFFSET_MASK: usize = (1 << OFFSET_BITS) - 1;
 
@@ -99,10 +102,16 @@ struct Slot {
     since_sync: AtomicU64,
     /// Source offset of the last offset-sync point queued.
     emitted_src: AtomicI64,
+    /// Next source offset whose preceding record has a persisted point:
+    /// commits never pass it, so a restart never starts after a stretch of
+    /// records that no point describes (translation stays exact).
+    sync_acked: AtomicI64,
     /// When the last idle point was queued (ms since the epoch).
-    idle_emit_ms: AtomicI64,
+    point_ms: AtomicI64,
     foreign_warned: AtomicBool,
     failure: Mutex<Option<Failure>>,
+    /// True once a record was refused (mirrors `failure.is_some()`).
+    stopped: AtomicBool,
     /// Last offset stored for commit (consume loop only).
     stored: AtomicI64,
     records: IntCounter,
@@ -122,9 +131,27 @@ impl Slot {
     }
 
     fn failed(&self) -> bool {
-        self.failure.lock().map(|f| f.is_some()).unwrap_or(true)
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Records a refusal of the record at `offset`; the partition stops.
+    fn refuse(&self, offset: i64, error: &KafkaError, size: usize) {
+        if let Ok(mut f) = self.failure.lock() {
+            let f = f.get_or_insert_with(|| Failure {
+                first: offset,
+                error: error.to_string(),
+                refused: Vec::new(),
+                reported: false,
+            });
+            f.first = f.first.min(offset);
+            f.refused.push((offset, size, error.rdkafka_error_code()));
+        }
+        self.stopped.store(true, Ordering::Release);
     }
 }
+
+/// The consume loop's memo of the last slot looked up.
+type SlotCache = Option<(u64, usize, Arc<Slot>)>;
 
 /// State shared between the consume loop, the rebalance callback and the
 /// delivery callback.
@@ -136,11 +163,14 @@ struct Shared {
     slots: RwLock<Vec<Arc<Slot>>>,
     /// topic -> partition -> slot index.
     index: Mutex<HashMap<String, HashMap<i32, usize>>>,
-    pending_syncs: Mutex<Vec<OffsetSync>>,
+    /// Points to write, with the slot waiting for each (or [`NO_SLOT`]).
+    pending_syncs: Mutex<Vec<(usize, OffsetSync)>>,
     /// Latest known sync point per (source topic, partition).
     last_syncs: Mutex<HashMap<(String, i32), (i64, i64)>>,
     mirror: Mutex<Arc<MirrorSet>>,
     queue: IntGauge,
+    /// Bumped on every assignment change (invalidates [`SlotCache`]s).
+    generation: AtomicU64,
     throttle: LogThrottle,
 }
 
@@ -183,6 +213,25 @@ impl Shared {
         self.slots.read().ok().and_then(|s| s.get(idx).cloned())
     }
 
+    /// Like [`Shared::slot_for`], remembering the last answer: records
+    /// arrive in runs of one partition.
+    fn slot_cached(
+        &self,
+        cache: &mut SlotCache,
+        topic: &str,
+        partition: i32,
+    ) -> Option<(usize, Arc<Slot>)> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((g, idx, slot)) = cache {
+            if *g == generation && slot.partition == partition && slot.topic == topic {
+                return Some((*idx, slot.clone()));
+            }
+        }
+        let found = self.slot_for(topic, partition);
+        *cache = found.as_ref().map(|(i, s)| (generation, *i, s.clone()));
+        found
+    }
+
     fn slot_for(&self, topic: &str, partition: i32) -> Option<(usize, Arc<Slot>)> {
         let idx = *self.index.lock().ok()?.get(topic)?.get(&partition)?;
         self.slot(idx).map(|s| (idx, s))
@@ -205,9 +254,11 @@ impl Shared {
             last_tgt: AtomicI64::new(-1),
             since_sync: AtomicU64::new(0),
             emitted_src: AtomicI64::new(-1),
-            idle_emit_ms: AtomicI64::new(0),
+            sync_acked: AtomicI64::new(-1),
+            point_ms: AtomicI64::new(0),
             foreign_warned: AtomicBool::new(false),
             failure: Mutex::new(None),
+            stopped: AtomicBool::new(false),
             stored: AtomicI64::new(-1),
             records: m.records.with_label_values(&labels),
             bytes: m.bytes.with_label_values(&labels),
@@ -216,6 +267,7 @@ impl Shared {
                 .with_label_values(&[&self.flow, topic]),
             age: m.record_age.with_label_values(&[&self.flow, topic]),
         });
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let mut index = self.index.lock().expect("index lock");
         let parts = index.entry(topic.to_string()).or_default();
         let mut slots = self.slots.write().expect("slots lock");
@@ -234,6 +286,7 @@ impl Shared {
     }
 
     fn unassign(&self, topic: &str, partition: i32) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut index) = self.index.lock() {
             if let Some(parts) = index.get_mut(topic) {
                 parts.remove(&partition);
@@ -327,9 +380,16 @@ impl ProducerContext for DeliveryCtx {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let sh = &self.shared;
         sh.queue.dec();
-        if opaque == INTERNAL {
+        if opaque & SYNC_FLAG != 0 {
             match result {
-                Ok(_) => sh.metrics.offset_syncs.with_label_values(&[&sh.flow]).inc(),
+                Ok(_) => {
+                    sh.metrics.offset_syncs.with_label_values(&[&sh.flow]).inc();
+                    let idx = (opaque & !SYNC_FLAG) >> OFFSET_BITS;
+                    let src = (opaque & OFFSET_MASK) as i64;
+                    if let Some(slot) = (idx != NO_SLOT).then(|| sh.slot(idx)).flatten() {
+                        slot.sync_acked.fetch_max(src + 1, Ordering::AcqRel);
+                    }
+                }
                 Err((e, _)) => {
                     sh.metrics
                         .errors
@@ -385,30 +445,23 @@ impl ProducerContext for DeliveryCtx {
                 let delta = tgt - src;
                 let n = slot.since_sync.fetch_add(1, Ordering::AcqRel) + 1;
                 let changed = slot.last_delta.swap(delta, Ordering::AcqRel) != delta;
-                if changed || n >= SYNC_EVERY {
+                // ... and at least once a second, so that commits (which
+                // wait for a point) keep moving.
+                let now = now_ms();
+                let due = now - slot.point_ms.load(Ordering::Acquire) >= 1000;
+                if changed || n >= SYNC_EVERY || due {
                     slot.since_sync.store(0, Ordering::Release);
+                    slot.point_ms.store(now, Ordering::Release);
                     let emitted = slot.emitted_src.swap(src, Ordering::AcqRel);
                     if let Ok(mut p) = sh.pending_syncs.lock() {
                         if changed && prev_src >= 0 && emitted != prev_src {
-                            p.push(slot.sync_point(prev_src, prev_tgt));
+                            p.push((idx, slot.sync_point(prev_src, prev_tgt)));
                         }
-                        p.push(slot.sync_point(src, tgt));
+                        p.push((idx, slot.sync_point(src, tgt)));
                     }
                 }
             }
-            Err((e, m)) => {
-                let code = e.rdkafka_error_code();
-                if let Ok(mut f) = slot.failure.lock() {
-                    let f = f.get_or_insert_with(|| Failure {
-                        first: src,
-                        error: e.to_string(),
-                        refused: Vec::new(),
-                        reported: false,
-                    });
-                    f.first = f.first.min(src);
-                    f.refused.push((src, record_size(m), code));
-                }
-            }
+            Err((e, m)) => slot.refuse(src, e, record_size(m)),
         }
         if slot.inflight.fetch_sub(1, Ordering::AcqRel) == 1 && !slot.failed() {
             let skip = slot.skip_to.load(Ordering::Acquire);
@@ -580,11 +633,19 @@ impl FlowConsumerCtx {
             if let Err(e) = p.flush(self.drain_timeout) {
                 warn!(flow = %self.shared.flow, error = %e, "revoke: producer did not drain in time; unacknowledged records will be mirrored again by the next owner");
             }
+            // A point for the last record of each partition, so that the
+            // commit can reach it.
+            emit_idle_points(&self.shared, true);
+            produce_syncs(&self.shared, &p);
+            let _ = p.flush(self.drain_timeout);
         }
         let mut commit = TopicPartitionList::new();
         for e in tpl.elements() {
             if let Some((_, slot)) = self.shared.slot_for(e.topic(), e.partition()) {
-                let acked = slot.acked.load(Ordering::Acquire);
+                let acked = slot
+                    .acked
+                    .load(Ordering::Acquire)
+                    .min(slot.sync_acked.load(Ordering::Acquire));
                 if acked >= 0 {
                     let _ = commit.add_partition_offset(
                         e.topic(),
@@ -633,7 +694,7 @@ impl ConsumerContext for FlowConsumerCtx {
 }
 
 fn produce_syncs(sh: &Shared, producer: &ThreadedProducer<DeliveryCtx>) {
-    let syncs: Vec<OffsetSync> = match sh.pending_syncs.lock() {
+    let syncs: Vec<(usize, OffsetSync)> = match sh.pending_syncs.lock() {
         Ok(mut p) => std::mem::take(&mut *p),
         Err(_) => return,
     };
@@ -641,19 +702,20 @@ fn produce_syncs(sh: &Shared, producer: &ThreadedProducer<DeliveryCtx>) {
         return;
     }
     let topic = offset_syncs_topic(&sh.source_alias);
-    for s in syncs {
+    for (idx, s) in syncs {
         let (k, v) = (s.key(), s.value());
+        let idx = if idx < NO_SLOT { idx } else { NO_SLOT };
+        let opaque = SYNC_FLAG | (idx << OFFSET_BITS) | (s.upstream_offset as usize & OFFSET_MASK);
         if let Ok(mut m) = sh.last_syncs.lock() {
             m.insert(
                 (s.topic.clone(), s.partition),
                 (s.upstream_offset, s.downstream_offset),
             );
         }
-        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&topic, INTERNAL)
-                .partition(0)
-                .key(&k[..])
-                .payload(&v[..]);
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&topic, opaque)
+            .partition(0)
+            .key(&k[..])
+            .payload(&v[..]);
         loop {
             sh.queue.inc();
             match producer.send(rec) {
@@ -717,6 +779,7 @@ impl Replicator {
             mirror: Mutex::new(Arc::new(MirrorSet::new())),
             queue: m.producer_queue.with_label_values(&[&flow]),
             throttle: LogThrottle::default(),
+            generation: AtomicU64::new(0),
         });
         let group = self.flow.group_id(&self.source.alias, &self.target.alias);
         let client_id = format!("kmirror-{}-{}", flow, std::process::id());
@@ -766,6 +829,7 @@ impl Replicator {
         let mut held: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut stopped: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut last_house = Instant::now();
+        let mut cache: SlotCache = None;
         let provenance_skip = self
             .flow
             .provenance_header
@@ -864,6 +928,7 @@ impl Replicator {
             };
             forward(
                 &shared,
+                &mut cache,
                 &producer,
                 &msg,
                 provenance_skip.as_deref(),
@@ -877,6 +942,7 @@ impl Replicator {
         if let Err(e) = producer.flush(self.runtime.shutdown_timeout) {
             warn!(flow = %flow, error = %e, "producer did not drain before the deadline; unacknowledged records are not committed and will be mirrored again");
         }
+        emit_idle_points(&shared, true);
         produce_syncs(&shared, &producer);
         let _ = producer.flush(Duration::from_secs(5));
         housekeeping(&shared, &consumer, &producer, &mut stopped);
@@ -920,7 +986,10 @@ fn housekeeping(
     let mut store = TopicPartitionList::new();
     let mut stored = Vec::new();
     for slot in &slots {
-        let acked = slot.acked.load(Ordering::Acquire);
+        let acked = slot
+            .acked
+            .load(Ordering::Acquire)
+            .min(slot.sync_acked.load(Ordering::Acquire));
         if acked > slot.stored.load(Ordering::Relaxed)
             && store
                 .add_partition_offset(&slot.topic, slot.partition, Offset::Offset(acked))
@@ -988,9 +1057,15 @@ fn housekeeping(
             );
         }
     }
-    // Idle point: once a partition has no record in flight, its last
-    // acknowledged record becomes a point (at most once a second), so that
-    // a group that read everything translates exactly.
+    emit_idle_points(sh, false);
+    produce_syncs(sh, producer);
+}
+
+/// Idle point: once a partition has no record in flight, its last
+/// acknowledged record becomes a point (at most once a second unless
+/// `force`), so that a group that read everything translates exactly and
+/// the commit position can reach the end.
+fn emit_idle_points(sh: &Shared, force: bool) {
     let now = now_ms();
     for slot in sh.assigned() {
         if slot.inflight.load(Ordering::Acquire) != 0 {
@@ -1002,30 +1077,33 @@ fn housekeeping(
         );
         if src >= 0
             && src > slot.emitted_src.load(Ordering::Acquire)
-            && now - slot.idle_emit_ms.load(Ordering::Acquire) >= 1000
+            && (force || now - slot.point_ms.load(Ordering::Acquire) >= 1000)
         {
-            slot.idle_emit_ms.store(now, Ordering::Release);
+            slot.point_ms.store(now, Ordering::Release);
             slot.emitted_src.store(src, Ordering::Release);
             slot.since_sync.store(0, Ordering::Release);
+            let idx = sh
+                .slot_for(&slot.topic, slot.partition)
+                .map_or(NO_SLOT, |(i, _)| i);
             if let Ok(mut p) = sh.pending_syncs.lock() {
-                p.push(slot.sync_point(src, tgt));
+                p.push((idx, slot.sync_point(src, tgt)));
             }
         }
     }
-    produce_syncs(sh, producer);
 }
 
 /// Sends one source record to the target; waits while the producer queue
 /// is full (backpressure), never drops it.
 fn forward(
     sh: &Shared,
+    cache: &mut SlotCache,
     producer: &ThreadedProducer<DeliveryCtx>,
     msg: &BorrowedMessage<'_>,
     provenance_skip: Option<&str>,
     provenance_add: Option<&str>,
     shutdown: &CancellationToken,
 ) {
-    let Some((idx, slot)) = sh.slot_for(msg.topic(), msg.partition()) else {
+    let Some((idx, slot)) = sh.slot_cached(cache, msg.topic(), msg.partition()) else {
         debug!(flow = %sh.flow, topic = msg.topic(), partition = msg.partition(), "record of an unassigned partition ignored (not committed)");
         return;
     };
@@ -1076,6 +1154,7 @@ fn forward(
     sh.queue.inc();
     let mut waited = false;
     let mut backoff = Duration::from_millis(1);
+    let mut waited_for = Duration::ZERO;
     loop {
         match producer.send(rec) {
             Ok(()) => break,
@@ -1095,24 +1174,18 @@ fn forward(
                     slot.inflight.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
-                // Wait for room: 1 ms at first (a busy pipe), up to 50 ms
-                // (a target that is down).
+                // Wait for room: 1 ms steps while the pipe is merely busy;
+                // after 100 ms of waiting (a slow or down target) the steps
+                // grow to 50 ms.
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_millis(50));
+                waited_for += backoff;
+                if waited_for > Duration::from_millis(100) {
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
             }
             Err((e, _)) => {
                 sh.queue.dec();
-                let code = e.rdkafka_error_code();
-                if let Ok(mut f) = slot.failure.lock() {
-                    let f = f.get_or_insert_with(|| Failure {
-                        first: offset,
-                        error: e.to_string(),
-                        refused: Vec::new(),
-                        reported: false,
-                    });
-                    f.first = f.first.min(offset);
-                    f.refused.push((offset, record_size(msg), code));
-                }
+                slot.refuse(offset, &e, record_size(msg));
                 slot.inflight.fetch_sub(1, Ordering::AcqRel);
                 return;
             }

