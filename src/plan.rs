@@ -10,8 +10,10 @@ use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::config_sync::acl::to_create;
 use crate::config_sync::sync::{managed_topic, plan_topic, policy_for, Managed, TopicPlan};
 use crate::discovery::{decide, list_topics, FlowRules, Mirror};
+use crate::kafka::acls::describe_topic_acls;
 use crate::kafka::{self, KContext, Role};
 
 /// A topic a flow does not mirror, and why.
@@ -100,6 +102,10 @@ pub async fn build(config: &Config) -> anyhow::Result<Plan> {
                     .map_err(|e| anyhow::anyhow!(e))?,
             );
         }
+        let mirrored: Vec<(String, String)> = topics
+            .iter()
+            .map(|t| (t.source.clone(), t.target.clone()))
+            .collect();
         flows.push(FlowPlan {
             flow: f.name.clone(),
             group: f.group_id(&config.source.alias, &config.target.alias),
@@ -111,10 +117,34 @@ pub async fn build(config: &Config) -> anyhow::Result<Plan> {
                     reason: why.to_string(),
                 })
                 .collect(),
-            acls: if f.sync_topic_acls {
-                "topic ACL sync is not built in this version: no ACLs are read or created".into()
-            } else {
+            acls: if !f.sync_topic_acls {
                 "disabled (sync_topic_acls = false)".into()
+            } else {
+                let t = Duration::from_secs(10);
+                let described = tokio::task::block_in_place(|| {
+                    let s = describe_topic_acls(src.inner(), t)
+                        .map_err(|e| format!("source DescribeAcls: {e}"))?;
+                    let d = describe_topic_acls(dst.inner(), t)
+                        .map_err(|e| format!("target DescribeAcls: {e}"))?;
+                    Ok::<_, String>((s, d))
+                });
+                match described {
+                    Ok((s, d)) => {
+                        let want = to_create(&s, &d, &mirrored);
+                        if want.is_empty() {
+                            "in sync (nothing to create)".into()
+                        } else {
+                            format!(
+                                "would create: {}",
+                                want.iter()
+                                    .map(|a| a.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            )
+                        }
+                    }
+                    Err(e) => format!("cannot be synced: {e}"),
+                }
             },
         });
     }

@@ -202,3 +202,38 @@ fn partition_growth_refused_by_the_broker_is_reported_once_and_held() {
         "{m}"
     );
 }
+
+#[test]
+fn acl_wrapper_against_nisshi_which_has_no_authorizer() {
+    use kmirror::config_sync::acl::{Operation, Permission, TopicAcl};
+    use kmirror::kafka::acls::{create_topic_acls, describe_topic_acls};
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("acl");
+    src.create_topic(&topic, 1, &[]);
+    let acl = TopicAcl {
+        topic: topic.clone(),
+        principal: "User:app".into(),
+        host: "*".into(),
+        operation: Operation::All,
+        permission: Permission::Allow,
+    };
+    // nisshi 0.8.1 answers DescribeAcls with no ACLs and refuses CreateAcls
+    // per ACL: the wrapper returns both answers as they are.
+    let admin = src.admin();
+    let created = create_topic_acls(admin.inner(), &[acl], Duration::from_secs(10)).unwrap();
+    assert_eq!(created.len(), 1);
+    let err = created[0].clone().unwrap_err();
+    assert!(err.contains("Authorizer"), "{err}");
+    assert_eq!(
+        describe_topic_acls(admin.inner(), Duration::from_secs(10)).unwrap(),
+        vec![]
+    );
+    // So plan has nothing to create, and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let flow = format!("[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\n");
+    let cfg = write_config(dir.path(), &src, &dst, &flow);
+    let (code, out) = plan(&cfg, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ACLs: in sync (nothing to create)"), "{out}");
+}

@@ -187,3 +187,57 @@ mod tests {
         );
     }
 }
+
+/// The ACLs to create on the target: MM2's rule applied to the source's
+/// ACLs of each mirrored topic (source topic → target topic), minus those
+/// the target already has. Nothing is ever deleted.
+pub fn to_create(
+    source: &[TopicAcl],
+    target: &[TopicAcl],
+    mirrored: &[(String, String)],
+) -> Vec<TopicAcl> {
+    let have: std::collections::HashSet<&TopicAcl> = target.iter().collect();
+    let mut out: Vec<TopicAcl> = Vec::new();
+    for (src, dst) in mirrored {
+        for a in source.iter().filter(|a| &a.topic == src) {
+            if let Some(t) = translate(a, dst) {
+                if !have.contains(&t) && !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod to_create_tests {
+    use super::*;
+
+    fn acl(topic: &str, op: Operation, perm: Permission) -> TopicAcl {
+        TopicAcl {
+            topic: topic.into(),
+            principal: "User:app".into(),
+            host: "*".into(),
+            operation: op,
+            permission: perm,
+        }
+    }
+
+    #[test]
+    fn only_missing_translated_acls_of_mirrored_topics() {
+        let source = vec![
+            acl("orders", Operation::All, Permission::Allow),
+            acl("orders", Operation::Write, Permission::Allow),
+            acl("orders", Operation::Describe, Permission::Allow),
+            acl("orders", Operation::Read, Permission::Deny),
+            acl("other", Operation::Read, Permission::Allow),
+        ];
+        let target = vec![acl("east.orders", Operation::Describe, Permission::Allow)];
+        let got = to_create(&source, &target, &[("orders".into(), "east.orders".into())]);
+        assert_eq!(
+            got,
+            vec![acl("east.orders", Operation::Read, Permission::Allow)]
+        );
+    }
+}

@@ -19,9 +19,11 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::acl;
 use super::diff::{self, Action, ConfigEntry, ConfigSource, Policy, TopicState};
 use crate::config::{ClusterConfig, FlowConfig};
 use crate::discovery::{self, Mirror, MirrorSet};
+use crate::kafka::acls::{create_topic_acls, describe_topic_acls};
 use crate::kafka::incremental::{incremental_alter_topic_configs, ConfigOp};
 use crate::kafka::{self, KContext, Role};
 use crate::metrics::Metrics;
@@ -279,6 +281,70 @@ impl ConfigSync {
             }
             if created {
                 self.refresh.notify_one();
+            }
+            if self.flow.sync_topic_acls && !set.is_empty() {
+                self.sync_acls(&src, &dst, &set, &mut reported);
+            }
+        }
+    }
+
+    /// Copies the source's topic ALLOW ACLs of the mirrored topics to the
+    /// target (MM2's rule); never deletes. A broker without an authorizer,
+    /// or one that refuses, is reported once per distinct error.
+    fn sync_acls(
+        &self,
+        src: &AdminClient<KContext>,
+        dst: &AdminClient<KContext>,
+        set: &MirrorSet,
+        reported: &mut HashSet<String>,
+    ) {
+        let t = Duration::from_secs(10);
+        let mirrored: Vec<(String, String)> = set
+            .values()
+            .map(|m| (m.source.clone(), m.target.clone()))
+            .collect();
+        let described = tokio::task::block_in_place(|| {
+            let s = describe_topic_acls(src.inner(), t)
+                .map_err(|e| format!("source DescribeAcls: {e}"))?;
+            let d = describe_topic_acls(dst.inner(), t)
+                .map_err(|e| format!("target DescribeAcls: {e}"))?;
+            Ok::<_, String>((s, d))
+        });
+        let (s, d) = match described {
+            Ok(x) => x,
+            Err(e) => {
+                self.count("describe_acls", false);
+                if reported.insert(format!("acl/{e}")) {
+                    warn!(flow = %self.flow.name, error = %e, "topic ACL sync skipped (reported once); the data path goes on");
+                }
+                return;
+            }
+        };
+        let want = acl::to_create(&s, &d, &mirrored);
+        if want.is_empty() {
+            return;
+        }
+        match tokio::task::block_in_place(|| create_topic_acls(dst.inner(), &want, t)) {
+            Ok(results) => {
+                for (a, r) in want.iter().zip(results) {
+                    self.count("create_acl", r.is_ok());
+                    match r {
+                        Ok(()) => {
+                            info!(flow = %self.flow.name, acl = %a, "created ACL on the target")
+                        }
+                        Err(e) => {
+                            if reported.insert(format!("acl/{a}/{e}")) {
+                                error!(flow = %self.flow.name, acl = %a, error = %e, "the target refused an ACL (reported once)");
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.count("create_acl", false);
+                if reported.insert(format!("acl/create/{e}")) {
+                    warn!(flow = %self.flow.name, error = %e, "target CreateAcls failed (reported once)");
+                }
             }
         }
     }

@@ -39,7 +39,7 @@ impl Drop for Resources {
     }
 }
 
-struct Queue(*mut rd::rd_kafka_queue_t);
+pub(super) struct Queue(pub(super) *mut rd::rd_kafka_queue_t);
 impl Drop for Queue {
     fn drop(&mut self) {
         // SAFETY: created by rd_kafka_queue_new, destroyed exactly once.
@@ -47,7 +47,7 @@ impl Drop for Queue {
     }
 }
 
-struct Options(*mut rd::rd_kafka_AdminOptions_t);
+pub(super) struct Options(pub(super) *mut rd::rd_kafka_AdminOptions_t);
 impl Drop for Options {
     fn drop(&mut self) {
         // SAFETY: created by rd_kafka_AdminOptions_new, destroyed exactly once.
@@ -55,7 +55,7 @@ impl Drop for Options {
     }
 }
 
-struct Event(*mut rd::rd_kafka_event_t);
+pub(super) struct Event(pub(super) *mut rd::rd_kafka_event_t);
 impl Drop for Event {
     fn drop(&mut self) {
         // SAFETY: returned non-null by rd_kafka_queue_poll, destroyed once;
@@ -64,12 +64,12 @@ impl Drop for Event {
     }
 }
 
-fn cstr(s: &str) -> Result<CString, String> {
+pub(super) fn cstr(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
 }
 
 /// Reads a C string librdkafka owns into an owned `String`.
-fn owned(p: *const c_char) -> String {
+pub(super) fn owned(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
     }

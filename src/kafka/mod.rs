@@ -2,6 +2,7 @@
 //! settings, the client context that routes librdkafka's logs and errors to
 //! `tracing`, and a reachability probe.
 
+pub mod acls;
 pub mod incremental;
 
 use std::sync::Mutex;
