@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::config_sync::acl::to_create;
-use crate::config_sync::sync::{managed_topic, plan_topic, policy_for, Managed, TopicPlan};
+use crate::config_sync::sync::{
+    describe_acl_pair, managed_topic, plan_topic, policy_for, Managed, TopicPlan,
+};
 use crate::discovery::{decide, list_topics, FlowRules, Mirror};
-use crate::kafka::acls::describe_topic_acls;
 use crate::kafka::{self, KContext, Role};
 
 /// A topic a flow does not mirror, and why.
@@ -120,14 +121,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Plan> {
             acls: if !f.sync_topic_acls {
                 "disabled (sync_topic_acls = false)".into()
             } else {
-                let t = Duration::from_secs(10);
-                let described = tokio::task::block_in_place(|| {
-                    let s = describe_topic_acls(src.inner(), t)
-                        .map_err(|e| format!("source DescribeAcls: {e}"))?;
-                    let d = describe_topic_acls(dst.inner(), t)
-                        .map_err(|e| format!("target DescribeAcls: {e}"))?;
-                    Ok::<_, String>((s, d))
-                });
+                let described = describe_acl_pair(&src, &dst);
                 match described {
                     Ok((s, d)) => {
                         let want = to_create(&s, &d, &mirrored);

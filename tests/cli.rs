@@ -3,21 +3,10 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{kmirror_bin, process_alive, unique, write_config, Broker};
+use common::{process_alive, run_kmirror, unique, write_config, Broker};
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(kmirror_bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_kmirror(args)
 }
 
 const FLOW: &str = "[[flow]]\nname = \"f\"\ntopics = [\"t.*\"]\n";

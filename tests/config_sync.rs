@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -46,18 +45,13 @@ fn alter(b: &Broker, topic: &str, ops: Vec<ConfigOp>) {
 }
 
 fn plan(cfg: &std::path::Path, json: bool) -> (i32, String) {
-    let mut c = Command::new(kmirror_bin());
-    c.args(["plan", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "warn");
+    let path = cfg.to_str().unwrap();
+    let mut args = vec!["plan", "--config", path];
     if json {
-        c.args(["--format", "json"]);
+        args.extend(["--format", "json"]);
     }
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let (code, out, err) = run_kmirror(&args);
+    (code, out + &err)
 }
 
 #[test]

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -85,15 +84,8 @@ fn consume_rest(b: &Broker, group: &str, topic: &str, parts: i32) -> Vec<Vec<u8>
 }
 
 fn kmirror(args: &[&str]) -> (i32, String) {
-    let out = Command::new(kmirror_bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let (code, out, err) = run_kmirror(args);
+    (code, out + &err)
 }
 
 /// Waits until `offsets translate` shows a checkpoint with these source

@@ -170,6 +170,21 @@ pub async fn plan_topic(
     })
 }
 
+/// Topic ACLs of both clusters (blocking inside the async runtime).
+pub fn describe_acl_pair(
+    src: &AdminClient<KContext>,
+    dst: &AdminClient<KContext>,
+) -> Result<(Vec<acl::TopicAcl>, Vec<acl::TopicAcl>), String> {
+    let t = Duration::from_secs(10);
+    tokio::task::block_in_place(|| {
+        let s =
+            describe_topic_acls(src.inner(), t).map_err(|e| format!("source DescribeAcls: {e}"))?;
+        let d =
+            describe_topic_acls(dst.inner(), t).map_err(|e| format!("target DescribeAcls: {e}"))?;
+        Ok((s, d))
+    })
+}
+
 /// The policy of a flow for one target topic.
 pub fn policy_for(flow: &FlowConfig, managed: BTreeSet<String>) -> Result<Policy, String> {
     Policy::new(
@@ -303,13 +318,7 @@ impl ConfigSync {
             .values()
             .map(|m| (m.source.clone(), m.target.clone()))
             .collect();
-        let described = tokio::task::block_in_place(|| {
-            let s = describe_topic_acls(src.inner(), t)
-                .map_err(|e| format!("source DescribeAcls: {e}"))?;
-            let d = describe_topic_acls(dst.inner(), t)
-                .map_err(|e| format!("target DescribeAcls: {e}"))?;
-            Ok::<_, String>((s, d))
-        });
+        let described = describe_acl_pair(src, dst);
         let (s, d) = match described {
             Ok(x) => x,
             Err(e) => {

@@ -12,7 +12,7 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka_sys as rd;
 use rdkafka_sys::types::RDKafkaRespErr;
 
-use super::incremental::{cstr, owned, Event, Options, Queue};
+use super::incremental::{admin_call, cstr, owned};
 use crate::config_sync::acl::{Operation, Permission, TopicAcl};
 
 use rd::rd_kafka_AclOperation_t as Op;
@@ -49,52 +49,6 @@ fn op_from_rd(o: Op) -> Operation {
     }
 }
 
-/// Runs one admin request on a private queue and returns its result event.
-fn call<C: ClientContext>(
-    client: &Client<C>,
-    op: rd::rd_kafka_admin_op_t,
-    timeout: Duration,
-    send: impl FnOnce(
-        *mut rd::rd_kafka_t,
-        *const rd::rd_kafka_AdminOptions_t,
-        *mut rd::rd_kafka_queue_t,
-    ),
-) -> Result<Event, String> {
-    let rk = client.native_ptr();
-    // SAFETY: `rk` is the live handle of `client`, borrowed for this call;
-    // queue and options are owned by their guards.
-    let queue = Queue(unsafe { rd::rd_kafka_queue_new(rk) });
-    // SAFETY: as above.
-    let options = Options(unsafe { rd::rd_kafka_AdminOptions_new(rk, op) });
-    let mut errbuf = [0 as c_char; 256];
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: options is live; errbuf is writable for its whole length.
-    unsafe {
-        rd::rd_kafka_AdminOptions_set_request_timeout(
-            options.0,
-            ms,
-            errbuf.as_mut_ptr(),
-            errbuf.len(),
-        )
-    };
-    send(rk, options.0, queue.0);
-    // SAFETY: queue is live; the wait is bounded.
-    let ev = unsafe { rd::rd_kafka_queue_poll(queue.0, ms.saturating_add(5000)) };
-    if ev.is_null() {
-        return Err(format!("no answer within {timeout:?}"));
-    }
-    let ev = Event(ev);
-    // SAFETY: ev is a live event.
-    let err = unsafe { rd::rd_kafka_event_error(ev.0) };
-    if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
-        // SAFETY: ev is live; the string is copied before ev is destroyed.
-        let msg = owned(unsafe { rd::rd_kafka_event_error_string(ev.0) });
-        let code: rdkafka::types::RDKafkaErrorCode = err.into();
-        return Err(format!("{code}: {msg}"));
-    }
-    Ok(ev)
-}
-
 /// Every literal topic ACL of the cluster (all principals, hosts,
 /// operations and permissions).
 pub fn describe_topic_acls<C: ClientContext>(
@@ -120,7 +74,7 @@ pub fn describe_topic_acls<C: ClientContext>(
     if filter.is_null() {
         return Err(format!("ACL filter: {}", owned(errbuf.as_ptr())));
     }
-    let res = call(
+    let res = admin_call(
         client,
         rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBEACLS,
         timeout,
@@ -213,7 +167,7 @@ pub fn create_topic_acls<C: ClientContext>(
         }
         bindings.0.push(b);
     }
-    let ev = call(
+    let ev = admin_call(
         client,
         rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_CREATEACLS,
         timeout,

@@ -89,7 +89,6 @@ pub fn incremental_alter_topic_configs<C: ClientContext>(
     if changes.is_empty() {
         return Ok(Vec::new());
     }
-    let rk = client.native_ptr();
     let mut resources = Resources(Vec::with_capacity(changes.len()));
     for (topic, ops) in changes {
         let name = cstr(topic)?;
@@ -135,53 +134,25 @@ pub fn incremental_alter_topic_configs<C: ClientContext>(
             }
         }
     }
-    // SAFETY: `rk` is the live handle of `client`, borrowed for this call.
-    let queue = Queue(unsafe { rd::rd_kafka_queue_new(rk) });
-    // SAFETY: as above; the options are owned by the guard.
-    let options = Options(unsafe {
-        rd::rd_kafka_AdminOptions_new(
-            rk,
-            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS,
-        )
-    });
-    let mut errbuf = [0 as c_char; 256];
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: options is live; errbuf is writable for its whole length.
-    unsafe {
-        rd::rd_kafka_AdminOptions_set_request_timeout(
-            options.0,
-            ms,
-            errbuf.as_mut_ptr(),
-            errbuf.len(),
-        )
-    };
-    // SAFETY: all pointers are live for the call; librdkafka copies the
-    // resources and posts one result event to `queue`.
-    unsafe {
-        rd::rd_kafka_IncrementalAlterConfigs(
-            rk,
-            resources.0.as_mut_ptr(),
-            resources.0.len(),
-            options.0,
-            queue.0,
-        )
-    };
-    // SAFETY: queue is live; the wait is bounded.
-    let ev = unsafe { rd::rd_kafka_queue_poll(queue.0, ms.saturating_add(5000)) };
-    if ev.is_null() {
-        return Err(format!(
-            "no answer to IncrementalAlterConfigs within {timeout:?}"
-        ));
-    }
-    let ev = Event(ev);
-    // SAFETY: ev is a live event.
-    let err = unsafe { rd::rd_kafka_event_error(ev.0) };
-    if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
-        // SAFETY: ev is live; the string is copied before ev is destroyed.
-        let msg = owned(unsafe { rd::rd_kafka_event_error_string(ev.0) });
-        let code: rdkafka::types::RDKafkaErrorCode = err.into();
-        return Err(format!("IncrementalAlterConfigs failed: {code}: {msg}"));
-    }
+    let ev = admin_call(
+        client,
+        rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS,
+        timeout,
+        |rk, options, queue| {
+            // SAFETY: all pointers are live for the call; librdkafka copies
+            // the resources and posts one result event to `queue`.
+            unsafe {
+                rd::rd_kafka_IncrementalAlterConfigs(
+                    rk,
+                    resources.0.as_mut_ptr(),
+                    resources.0.len(),
+                    options,
+                    queue,
+                )
+            }
+        },
+    )
+    .map_err(|e| format!("IncrementalAlterConfigs: {e}"))?;
     // SAFETY: ev is live; a NULL result means an unexpected event type.
     let result = unsafe { rd::rd_kafka_event_IncrementalAlterConfigs_result(ev.0) };
     if result.is_null() {
@@ -215,4 +186,50 @@ pub fn incremental_alter_topic_configs<C: ClientContext>(
         out.push((name, res));
     }
     Ok(out)
+}
+
+/// Runs one admin request on a private queue and returns its result event.
+pub(super) fn admin_call<C: ClientContext>(
+    client: &Client<C>,
+    op: rd::rd_kafka_admin_op_t,
+    timeout: Duration,
+    send: impl FnOnce(
+        *mut rd::rd_kafka_t,
+        *const rd::rd_kafka_AdminOptions_t,
+        *mut rd::rd_kafka_queue_t,
+    ),
+) -> Result<Event, String> {
+    let rk = client.native_ptr();
+    // SAFETY: `rk` is the live handle of `client`, borrowed for this call;
+    // queue and options are owned by their guards.
+    let queue = Queue(unsafe { rd::rd_kafka_queue_new(rk) });
+    // SAFETY: as above.
+    let options = Options(unsafe { rd::rd_kafka_AdminOptions_new(rk, op) });
+    let mut errbuf = [0 as c_char; 256];
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: options is live; errbuf is writable for its whole length.
+    unsafe {
+        rd::rd_kafka_AdminOptions_set_request_timeout(
+            options.0,
+            ms,
+            errbuf.as_mut_ptr(),
+            errbuf.len(),
+        )
+    };
+    send(rk, options.0, queue.0);
+    // SAFETY: queue is live; the wait is bounded.
+    let ev = unsafe { rd::rd_kafka_queue_poll(queue.0, ms.saturating_add(5000)) };
+    if ev.is_null() {
+        return Err(format!("no answer within {timeout:?}"));
+    }
+    let ev = Event(ev);
+    // SAFETY: ev is a live event.
+    let err = unsafe { rd::rd_kafka_event_error(ev.0) };
+    if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        // SAFETY: ev is live; the string is copied before ev is destroyed.
+        let msg = owned(unsafe { rd::rd_kafka_event_error_string(ev.0) });
+        let code: rdkafka::types::RDKafkaErrorCode = err.into();
+        return Err(format!("{code}: {msg}"));
+    }
+    Ok(ev)
 }

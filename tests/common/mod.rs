@@ -478,3 +478,17 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// Runs the kmirror binary to completion: (exit code, stdout, stderr).
+pub fn run_kmirror(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(kmirror_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kmirror");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
