@@ -65,6 +65,8 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
         2,
         &[
             ("retention.ms", "123456"),
+            ("cleanup.policy", "compact"),
+            ("max.message.bytes", "2000000"),
             ("min.insync.replicas", "1"),
             ("segment.bytes", "1048576"),
         ],
@@ -81,6 +83,8 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
     assert!(out.contains(&format!("{topic} -> {target}")), "{out}");
     assert!(out.contains("create topic: 2 partitions"), "{out}");
     assert!(out.contains("retention.ms=123456"), "{out}");
+    assert!(out.contains("cleanup.policy=compact"), "{out}");
+    assert!(out.contains("max.message.bytes=2000000"), "{out}");
     assert!(
         out.contains("not copied: min.insync.replicas (MM2 default exclusion"),
         "{out}"
@@ -111,6 +115,16 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
     assert_eq!(
         t.get("retention.ms").map(String::as_str),
         Some("123456"),
+        "{t:?}"
+    );
+    assert_eq!(
+        t.get("cleanup.policy").map(String::as_str),
+        Some("compact"),
+        "{t:?}"
+    );
+    assert_eq!(
+        t.get("max.message.bytes").map(String::as_str),
+        Some("2000000"),
         "{t:?}"
     );
     assert!(!t.contains_key("min.insync.replicas"), "{t:?}");
