@@ -416,3 +416,39 @@ fn group_offsets_sync_to_idle_groups_only_and_never_backwards() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("active members"), "{out}");
 }
+
+#[test]
+fn failover_is_exact_after_kmirror_was_killed_mid_stream() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("crashfo");
+    let target = format!("src.{topic}");
+    src.create_topic(&topic, 3, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "delivery = \"exactly-once\"\n\n[runtime]\ngroup_instance_id = \"crash-fo\"\n";
+    let cfg = write_config(dir.path(), &src, &dst, &flow(&topic, extra));
+    let log = dir.path().join("kmirror.log");
+    let mut k = KmirrorProc::start(&cfg, &log);
+    src.produce(&topic, &numbered(0, 3000, 3));
+    // Killed while the batch is being mirrored, then restarted.
+    wait_count(&dst, &target, 1200, Duration::from_secs(60), &k);
+    k.kill9();
+    src.produce(&topic, &numbered(3000, 1500, 3));
+    let k = KmirrorProc::start(&cfg, &log);
+    wait_count(&dst, &target, 4500, Duration::from_secs(90), &k);
+    // Committed offsets before, around and after the kill.
+    let commits = [300, 900, 1499];
+    commit_group(&src, "app-crash", &topic, &commits);
+    wait_checkpoints(&cfg, "app-crash", &commits, &k);
+    let (code, out) = kmirror(&[
+        "offsets",
+        "apply",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--group",
+        "app-crash",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let after = consume_rest(&dst, "app-crash", &target, 3);
+    assert_exact(&src, &topic, &commits, &after);
+}
