@@ -577,6 +577,7 @@ impl FlowConsumerCtx {
             parts.push((e.topic().to_string(), e.partition()));
         }
         for (topic, p) in &parts {
+            debug!(flow = %self.shared.flow, topic = %topic, partition = p, "partition assigned");
             let target = mirror
                 .get(topic)
                 .map(|m| m.target.clone())
@@ -661,6 +662,7 @@ impl FlowConsumerCtx {
             }
         }
         for e in tpl.elements() {
+            debug!(flow = %self.shared.flow, topic = e.topic(), partition = e.partition(), "partition revoked");
             self.shared.unassign(e.topic(), e.partition());
         }
         let r = match consumer.rebalance_protocol() {
