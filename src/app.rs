@@ -28,9 +28,10 @@ async fn ensure_internal_topics(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<KContext> =
-        kafka::client_config(&config.target, Role::Admin, "kmirror-admin")
-            .create_with_context(KContext::default())?;
+    let admin: AdminClient<KContext> = kafka::create(
+        &kafka::client_config(&config.target, Role::Admin, "kmirror-admin"),
+        KContext::default(),
+    )?;
     // The offset-sync topic is never compacted: its key is MM2's
     // (topic, partition), so compaction would keep one point per partition
     // and lose the history that exact translation needs.
@@ -83,7 +84,7 @@ async fn heartbeats(
     let mut cfg = kafka::client_config(&config.target, Role::Producer, "kmirror-heartbeats");
     kafka::apply_producer_owned(&mut cfg, "none", &config.runtime);
     cfg.set("message.timeout.ms", "30000");
-    let producer: FutureProducer<KContext> = cfg.create_with_context(KContext::default())?;
+    let producer: FutureProducer<KContext> = kafka::create(&cfg, KContext::default())?;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

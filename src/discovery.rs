@@ -215,14 +215,14 @@ impl Discovery {
             .map(|(f, _, _)| f.refresh_topics_interval)
             .min()
             .unwrap_or(Duration::from_secs(10));
-        let src: Arc<BaseConsumer<KContext>> = Arc::new(
-            kafka::client_config(&self.source, Role::Admin, "kmirror-discovery")
-                .create_with_context(KContext::default())?,
-        );
-        let dst: Arc<BaseConsumer<KContext>> = Arc::new(
-            kafka::client_config(&self.target, Role::Admin, "kmirror-discovery")
-                .create_with_context(KContext::default())?,
-        );
+        let src: Arc<BaseConsumer<KContext>> = Arc::new(kafka::create(
+            &kafka::client_config(&self.source, Role::Admin, "kmirror-discovery"),
+            KContext::default(),
+        )?);
+        let dst: Arc<BaseConsumer<KContext>> = Arc::new(kafka::create(
+            &kafka::client_config(&self.target, Role::Admin, "kmirror-discovery"),
+            KContext::default(),
+        )?);
         let mut reported: HashSet<String> = HashSet::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -57,10 +57,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Plan> {
     let timeout = Duration::from_secs(10);
     let (s, t) = (config.source.clone(), config.target.clone());
     let (source_topics, target_topics, managed) = tokio::task::spawn_blocking(move || {
-        let sc: BaseConsumer<KContext> = kafka::client_config(&s, Role::Admin, "kmirror-plan")
-            .create_with_context(KContext::default())?;
-        let tc: BaseConsumer<KContext> = kafka::client_config(&t, Role::Admin, "kmirror-plan")
-            .create_with_context(KContext::default())?;
+        let sc: BaseConsumer<KContext> = kafka::create(
+            &kafka::client_config(&s, Role::Admin, "kmirror-plan"),
+            KContext::default(),
+        )?;
+        let tc: BaseConsumer<KContext> = kafka::create(
+            &kafka::client_config(&t, Role::Admin, "kmirror-plan"),
+            KContext::default(),
+        )?;
         let st =
             list_topics(&sc, timeout).map_err(|e| anyhow::anyhow!("source {}: {e}", s.alias))?;
         let tt =
@@ -70,12 +74,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Plan> {
         anyhow::Ok((st, tt, managed))
     })
     .await??;
-    let src: AdminClient<KContext> =
-        kafka::client_config(&config.source, Role::Admin, "kmirror-plan")
-            .create_with_context(KContext::default())?;
-    let dst: AdminClient<KContext> =
-        kafka::client_config(&config.target, Role::Admin, "kmirror-plan")
-            .create_with_context(KContext::default())?;
+    let src: AdminClient<KContext> = kafka::create(
+        &kafka::client_config(&config.source, Role::Admin, "kmirror-plan"),
+        KContext::default(),
+    )?;
+    let dst: AdminClient<KContext> = kafka::create(
+        &kafka::client_config(&config.target, Role::Admin, "kmirror-plan"),
+        KContext::default(),
+    )?;
     let mut claimed = HashMap::new();
     let mut flows = Vec::new();
     for f in &config.flows {

@@ -68,6 +68,42 @@ fn validate_connect_reaches_a_running_pair() {
     assert!(out.contains("source src: reachable"), "{out}");
     assert!(out.contains("target dst: reachable"), "{out}");
     assert!(out.contains("1 broker(s)"), "{out}");
+    assert!(out.contains("cluster id "), "{out}");
+}
+
+#[test]
+fn a_secret_librdkafka_rejects_is_never_printed() {
+    let src = Broker::start(&unique("src"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jaas.toml");
+    // MM2 users copy `sasl.jaas.config`; librdkafka has no such property and
+    // rdkafka's error would print its value.
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[source.properties]\n\"sasl.jaas.config\" = \"org.apache.kafka.common.security.plain.PlainLoginModule required password=\\\"p4ss-w0rd\\\";\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n{FLOW}",
+            src.bootstrap(),
+            src.bootstrap()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&[
+        "validate",
+        "--config",
+        path.to_str().unwrap(),
+        "--connect",
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("sasl.jaas.config"),
+        "names the property: {out}"
+    );
+    assert!(
+        !out.contains("p4ss-w0rd") && !err.contains("p4ss-w0rd"),
+        "secret printed:\n{out}\n{err}"
+    );
 }
 
 #[test]

@@ -94,9 +94,8 @@ impl Managed {
         let mut cfg = kafka::client_config(target, Role::Admin, "kmirror-config-sync");
         cfg.set("group.id", "kmirror-config-sync-reader-unused");
         cfg.set("enable.auto.commit", "false");
-        let c: BaseConsumer<KContext> = cfg
-            .create_with_context(KContext::default())
-            .map_err(|e| e.to_string())?;
+        let c: BaseConsumer<KContext> =
+            kafka::create(&cfg, KContext::default()).map_err(|e| e.to_string())?;
         let md = c
             .fetch_metadata(None, Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
@@ -216,15 +215,17 @@ impl ConfigSync {
     /// every `sync_configs_interval`. A failed run is logged and counted;
     /// the loop goes on and never stops the data path.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let src: AdminClient<KContext> =
-            kafka::client_config(&self.source, Role::Admin, "kmirror-config-sync")
-                .create_with_context(KContext::default())?;
-        let dst: AdminClient<KContext> =
-            kafka::client_config(&self.target, Role::Admin, "kmirror-config-sync")
-                .create_with_context(KContext::default())?;
+        let src: AdminClient<KContext> = kafka::create(
+            &kafka::client_config(&self.source, Role::Admin, "kmirror-config-sync"),
+            KContext::default(),
+        )?;
+        let dst: AdminClient<KContext> = kafka::create(
+            &kafka::client_config(&self.target, Role::Admin, "kmirror-config-sync"),
+            KContext::default(),
+        )?;
         let mut cfg = kafka::client_config(&self.target, Role::Producer, "kmirror-config-sync");
         cfg.set("message.timeout.ms", "30000");
-        let producer: FutureProducer<KContext> = cfg.create_with_context(KContext::default())?;
+        let producer: FutureProducer<KContext> = kafka::create(&cfg, KContext::default())?;
         let managed_topic = managed_topic(&self.source.alias);
         let mut managed = loop {
             let (t, mt) = (self.target.clone(), managed_topic.clone());

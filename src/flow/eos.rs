@@ -50,7 +50,7 @@ fn reader(c: &ClusterConfig) -> anyhow::Result<BaseConsumer<KContext>> {
     cfg.set("enable.auto.commit", "false");
     cfg.set("enable.partition.eof", "false");
     cfg.set("group.id", "kmirror-eos-reader-unused");
-    Ok(cfg.create_with_context(KContext::default())?)
+    Ok(kafka::create(&cfg, KContext::default())?)
 }
 
 fn headers_of(m: &OwnedMessage) -> Vec<(String, Option<Vec<u8>>)> {

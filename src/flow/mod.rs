@@ -793,9 +793,12 @@ impl Replicator {
             self.flow.compression.as_librdkafka(),
             &self.runtime,
         );
-        let producer: ThreadedProducer<DeliveryCtx> = pcfg.create_with_context(DeliveryCtx {
-            shared: shared.clone(),
-        })?;
+        let producer: ThreadedProducer<DeliveryCtx> = kafka::create(
+            &pcfg,
+            DeliveryCtx {
+                shared: shared.clone(),
+            },
+        )?;
 
         let eos = if self.flow.delivery == Delivery::ExactlyOnce {
             let mut r = eos::Resolver::new(
@@ -817,14 +820,16 @@ impl Replicator {
         let mut ccfg = kafka::client_config(&self.source, Role::Consumer, &client_id);
         kafka::apply_consumer_owned(&mut ccfg, &group, &self.runtime);
         ccfg.set("statistics.interval.ms", "5000");
-        let consumer: BaseConsumer<FlowConsumerCtx> =
-            ccfg.create_with_context(FlowConsumerCtx {
+        let consumer: BaseConsumer<FlowConsumerCtx> = kafka::create(
+            &ccfg,
+            FlowConsumerCtx {
                 shared: shared.clone(),
                 producer: Mutex::new(Some(producer.clone())),
                 eos,
                 drain_timeout: self.runtime.shutdown_timeout,
                 newly_assigned: Mutex::new(Vec::new()),
-            })?;
+            },
+        )?;
         info!(flow = %flow, group = %group, delivery = %self.flow.delivery, "flow started");
 
         let mut subscribed: BTreeSet<String> = BTreeSet::new();

@@ -152,9 +152,8 @@ pub struct ClusterInfo {
 /// (the client's own last error when librdkafka has one).
 pub fn probe(cluster: &ClusterConfig, timeout: Duration) -> Result<ClusterInfo, String> {
     let cfg = client_config(cluster, Role::Admin, "kmirror-probe");
-    let consumer: BaseConsumer<KContext> = cfg
-        .create_with_context(KContext::default())
-        .map_err(|e| format!("cannot create a client: {e}"))?;
+    let consumer: BaseConsumer<KContext> =
+        create(&cfg, KContext::default()).map_err(|e| format!("cannot create a client: {e}"))?;
     match consumer.client().fetch_metadata(None, timeout) {
         Ok(md) => {
             let cluster_id = consumer.client().fetch_cluster_id(timeout);
@@ -225,4 +224,63 @@ pub fn read_range(
     }
     let _ = c.unassign();
     Ok(out)
+}
+
+/// A client that could not be created; the message never holds a secret.
+#[derive(Debug)]
+pub struct ClientError(pub String);
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Creates a client. Use this instead of `create_with_context`: when
+/// librdkafka rejects a property, rdkafka's error text holds the value,
+/// which is masked here for secret properties (`config::is_secret_key`).
+pub fn create<C, T>(cfg: &ClientConfig, ctx: C) -> Result<T, ClientError>
+where
+    C: ClientContext,
+    T: rdkafka::config::FromClientConfigAndContext<C>,
+{
+    cfg.create_with_context(ctx)
+        .map_err(|e| ClientError(redact(&e)))
+}
+
+/// The text of a Kafka error with secret property values masked.
+pub fn redact(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, desc, key, value) => {
+            let (desc, value) = if crate::config::is_secret_key(key) && !value.is_empty() {
+                (
+                    desc.replace(value.as_str(), crate::config::MASK),
+                    crate::config::MASK.to_string(),
+                )
+            } else {
+                (desc.clone(), value.clone())
+            };
+            format!("invalid client property `{key}` = {value:?}: {desc}")
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_secret_properties_are_masked() {
+        let mut cfg = ClientConfig::new();
+        cfg.set("sasl.jaas.config", "org.X required password=\"p4ss\";");
+        cfg.set("bootstrap.servers", "127.0.0.1:1");
+        let err = create::<_, BaseConsumer<KContext>>(&cfg, KContext::default())
+            .err()
+            .expect("librdkafka has no sasl.jaas.config property");
+        assert!(!err.to_string().contains("p4ss"), "{err}");
+        assert!(err.to_string().contains("sasl.jaas.config"), "{err}");
+    }
 }

@@ -46,8 +46,7 @@ pub fn reader(c: &ClusterConfig, client_id: &str) -> Result<BaseConsumer<KContex
     let mut cfg = kafka::client_config(c, Role::Admin, client_id);
     cfg.set("group.id", format!("{client_id}-unused"));
     cfg.set("enable.auto.commit", "false");
-    cfg.create_with_context(KContext::default())
-        .map_err(|e| e.to_string())
+    kafka::create(&cfg, KContext::default()).map_err(|e| e.to_string())
 }
 
 /// A consumer bound to group `group` that never joins it: for reading and
@@ -56,8 +55,7 @@ pub fn group_client(c: &ClusterConfig, group: &str) -> Result<BaseConsumer<KCont
     let mut cfg = kafka::client_config(c, Role::Admin, "kmirror-offsets");
     cfg.set("group.id", group);
     cfg.set("enable.auto.commit", "false");
-    cfg.create_with_context(KContext::default())
-        .map_err(|e| e.to_string())
+    kafka::create(&cfg, KContext::default()).map_err(|e| e.to_string())
 }
 
 /// Follows a single-partition internal topic from the start.
@@ -204,7 +202,7 @@ impl Checkpointer {
                 pcfg.set("enable.idempotence", "true");
                 pcfg.set("message.timeout.ms", "30000");
                 let p: ThreadedProducer<DefaultProducerContext> =
-                    pcfg.create().map_err(|e| e.to_string())?;
+                    kafka::create(&pcfg, DefaultProducerContext).map_err(|e| e.to_string())?;
                 Ok((src, dst, p))
             })
             .await?
