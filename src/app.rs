@@ -52,7 +52,10 @@ async fn ensure_internal_topics(
         let mut failed = None;
         for (t, policy) in &topics {
             let configs = [("cleanup.policy", *policy)];
-            if let Err(e) = discovery::create_topic(&admin, t, 1, -1, &configs).await {
+            if let Err(e) = discovery::create_topic(&admin, t, 1, -1, &configs)
+                .await
+                .map(|_| ())
+            {
                 failed = Some(format!("{t}: {e}"));
             }
         }

@@ -158,14 +158,15 @@ pub fn list_topics(
         .collect())
 }
 
-/// Creates a topic; "already exists" is success.
+/// Creates a topic; "already exists" is success. `Ok(true)` when this call
+/// created it, `Ok(false)` when it existed already.
 pub async fn create_topic(
     admin: &AdminClient<KContext>,
     name: &str,
     partitions: i32,
     replication_factor: i32,
     configs: &[(&str, &str)],
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let mut nt = NewTopic::new(
         name,
         partitions,
@@ -179,14 +180,15 @@ pub async fn create_topic(
         .create_topics([&nt], &opts)
         .await
         .map_err(|e| e.to_string())?;
+    let mut created = true;
     for r in res {
         match r {
             Ok(_) => {}
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => created = false,
             Err((t, e)) => return Err(format!("cannot create topic {t}: {e}")),
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// Everything the discovery loop needs.

@@ -232,6 +232,18 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn structural_and_cross_field_problems_are_reported_together() {
+    // An unknown key (structural) and a duplicate flow name plus the same
+    // alias on both sides (cross-field): all in one run.
+    let text = "[source]\nalias = \"a\"\nbootstrap_servers = \"h:1\"\n[target]\nalias = \"a\"\nbootstrap_servers = \"h:2\"\n[[flow]]\nname = \"f\"\ntopics = [\"t\"]\ncolour = 1\n[[flow]]\nname = \"f\"\ntopics = [\"u(\"]\n";
+    let ps = problems(text);
+    has(&ps, "flow[0].colour", 10, "unknown key");
+    has(&ps, "flow[1].topics[0]", 13, "invalid regex");
+    has(&ps, "flow[1].name", 12, "duplicate flow name");
+    has(&ps, "target.alias", 5, "same alias");
+}
+
+#[test]
 fn env_interpolation_set_unset_escaped() {
     let text = format!(
         "{BASE}[source.properties]\n\"sasl.password\" = \"${{PW}}\"\n\"note\" = \"$${{PW}}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"a\"]\n"

@@ -136,13 +136,36 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
         &target,
         vec![ConfigOp::Set("retention.bytes".into(), "777777".into())],
     );
-    // A change on the source is copied.
+    // A change on the source, made while kmirror is stopped: plan shows
+    // exactly that change (and nothing about the operator's own property),
+    // and changes nothing.
+    let mut k = k;
+    k.signal("TERM");
+    assert_eq!(k.wait_exit(Duration::from_secs(30)), Some(0));
     alter(
         &src,
         &topic,
         vec![ConfigOp::Set("retention.ms".into(), "999999".into())],
     );
-    wait_until(Duration::from_secs(30), || {
+    let (code, out) = plan(&cfg, false);
+    assert_eq!(code, 0, "{out}");
+    let changes: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.contains(" -> ") && !l.starts_with("plan:") && !l.contains(&format!("{topic} -> "))
+        })
+        .collect();
+    assert_eq!(changes, vec!["retention.ms: 123456 -> 999999"], "{out}");
+    assert_eq!(
+        configs(&dst, &target)
+            .get("retention.ms")
+            .map(String::as_str),
+        Some("123456")
+    );
+    // Once kmirror runs, the change arrives within an interval (1 s here).
+    let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror2.log"));
+    wait_until(Duration::from_secs(10), || {
         configs(&dst, &target)
             .get("retention.ms")
             .map(String::as_str)
@@ -205,6 +228,9 @@ fn partition_growth_refused_by_the_broker_is_reported_once_and_held() {
     assert!(errors >= 3.0, "counted every tick: {errors}\n{m}");
     // Partition 0 mirrors; 1 and 2 are held, not remapped.
     assert_eq!(count(&dst, &target), 100);
+    // Records produced after the refusal keep flowing on partition 0.
+    src.produce(&topic, &numbered(300, 30, 3));
+    wait_count(&dst, &target, 110, Duration::from_secs(30), &k);
     assert!(
         m.contains("kmirror_partitions_paused{flow=\"f\",reason=\"held\"} 2"),
         "{m}"

@@ -416,6 +416,18 @@ pub fn load_str(
     let checked = check::check(text, lookup);
     let mut problems = checked.problems;
     if !problems.is_empty() {
+        // Still apply the cross-field rules, to what is left once the keys
+        // with structural problems are taken out, so that one run reports
+        // every problem; a key keeps only its first problem.
+        if let Some(c) = lenient(text, &problems, lookup) {
+            let mut more = Vec::new();
+            validate::validate(&c, &checked.lines, &mut more);
+            for p in more {
+                if !problems.iter().any(|q| q.key == p.key) {
+                    problems.push(p);
+                }
+            }
+        }
         problems.sort_by_key(|p| p.line.unwrap_or(0));
         return Err(fail(problems));
     }
@@ -441,6 +453,68 @@ pub fn load_str(
         return Err(fail(problems));
     }
     Ok(config)
+}
+
+/// The config with the keys that have problems removed, when serde can
+/// still build it (required keys present); unset variables read as "x".
+fn lenient(
+    text: &str,
+    problems: &[Problem],
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Option<Config> {
+    let mut doc: toml_edit::DocumentMut = text.parse().ok()?;
+    for p in problems {
+        remove_path(doc.as_table_mut(), &p.key);
+    }
+    let mut c: Config = toml::from_str(&doc.to_string()).ok()?;
+    let forgiving = |name: &str| lookup(name).or_else(|| Some("x".to_string()));
+    env::interpolate_config(&mut c, &forgiving).ok()?;
+    Some(c)
+}
+
+/// Removes the item at a problem's key path (`flow[1].topics[0]`,
+/// `source.properties.sasl.password`).
+fn remove_path(table: &mut toml_edit::Table, path: &str) {
+    fn split(seg: &str) -> (&str, Option<usize>) {
+        match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse().ok()),
+            None => (seg, None),
+        }
+    }
+    let segs: Vec<&str> = path.split('.').collect();
+    let Some((&first, rest)) = segs.split_first() else {
+        return;
+    };
+    let (key, idx) = split(first);
+    if rest.is_empty() {
+        match idx {
+            None => {
+                table.remove(key);
+            }
+            Some(i) => {
+                if let Some(arr) = table.get_mut(key).and_then(|it| it.as_array_mut()) {
+                    if i < arr.len() {
+                        arr.remove(i);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let next: Option<&mut toml_edit::Table> = match (table.get_mut(key), idx) {
+        (Some(toml_edit::Item::Table(t)), None) => Some(t),
+        (Some(toml_edit::Item::ArrayOfTables(a)), Some(i)) => a.get_mut(i),
+        _ => None,
+    };
+    if let Some(t) = next {
+        if rest.first() == Some(&"properties") && rest.len() > 1 {
+            if let Some(props) = t.get_mut("properties").and_then(|i| i.as_table_like_mut()) {
+                props.remove(&rest[1..].join("."));
+            }
+        } else {
+            remove_path(t, &rest.join("."));
+        }
+    }
 }
 
 #[cfg(test)]

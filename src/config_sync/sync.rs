@@ -194,6 +194,28 @@ pub fn policy_for(flow: &FlowConfig, managed: BTreeSet<String>) -> Result<Policy
     )
 }
 
+/// Waits (bounded) until the target's metadata lists `topic`.
+fn wait_visible(admin: &AdminClient<KContext>, topic: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    tokio::task::block_in_place(|| {
+        while std::time::Instant::now() < deadline {
+            let seen = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|md| {
+                    md.topics()
+                        .iter()
+                        .any(|t| t.name() == topic && !t.partitions().is_empty())
+                })
+                .unwrap_or(false);
+            if seen {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
 /// One flow's config-sync loop.
 pub struct ConfigSync {
     /// The flow.
@@ -416,11 +438,17 @@ impl ConfigSync {
                     )
                     .await
                     {
-                        Ok(()) => {
+                        Ok(made) => {
                             self.count(a.op(), true);
                             created = true;
-                            managed.extend(configs.keys().cloned());
-                            info!(flow = %self.flow.name, topic = %m.source, target = %m.target, partitions, configs = configs.len(), "created target topic");
+                            if made {
+                                // Only a topic this call created carries
+                                // properties kmirror set; one that someone
+                                // else created meanwhile is not claimed.
+                                managed.extend(configs.keys().cloned());
+                                info!(flow = %self.flow.name, topic = %m.source, target = %m.target, partitions, configs = configs.len(), "created target topic");
+                            }
+                            wait_visible(dst, &m.target, Duration::from_secs(10));
                         }
                         Err(e) => {
                             self.count(a.op(), false);

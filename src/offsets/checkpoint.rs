@@ -275,8 +275,21 @@ impl Checkpointer {
             if group.starts_with(&own) || !groups.matches(group) {
                 continue;
             }
-            let gc = group_client(&self.source, group)?;
-            let offsets = committed(&gc, &parts)?;
+            // One group's failure is counted and named; the others go on.
+            let fetched = group_client(&self.source, group).and_then(|gc| committed(&gc, &parts));
+            let offsets = match fetched {
+                Ok(o) => o,
+                Err(e) => {
+                    self.metrics
+                        .errors
+                        .with_label_values(&[&self.flow.name, "checkpoint"])
+                        .inc();
+                    if st.warned.insert(format!("fetch/{group}/{e}")) {
+                        warn!(flow = %self.flow.name, group, error = %e, "cannot read the committed offsets of this group on the source; retrying every interval");
+                    }
+                    continue;
+                }
+            };
             let mut translated: BTreeMap<(String, i32), i64> = BTreeMap::new();
             for ((topic, p), c) in &offsets {
                 let Some(m) = set.get(topic) else { continue };
@@ -319,7 +332,15 @@ impl Checkpointer {
                 }
             }
             if self.flow.sync_group_offsets && !translated.is_empty() {
-                self.sync_group(group, &translated, st)?;
+                if let Err(e) = self.sync_group(group, &translated, st) {
+                    self.metrics
+                        .errors
+                        .with_label_values(&[&self.flow.name, "checkpoint"])
+                        .inc();
+                    if st.warned.insert(format!("sync/{group}/{e}")) {
+                        warn!(flow = %self.flow.name, group, error = %e, "group offset sync failed; retrying every interval");
+                    }
+                }
             }
         }
         producer
