@@ -317,3 +317,44 @@ fn refused_record_stops_its_partition_only_and_resumes_after_fix() {
     );
     drop(k);
 }
+
+#[test]
+fn second_signal_exits_at_once_while_draining() {
+    let src = Broker::start(&unique("src"));
+    let mut dst = Broker::start(&unique("dst"));
+    let topic = unique("twice");
+    src.create_topic(&topic, 1, &[]);
+    src.produce(&topic, &numbered(0, 10, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src, &dst, &flow(&topic, ""));
+    let mut k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    wait_count(
+        &dst,
+        &format!("src.{topic}"),
+        10,
+        Duration::from_secs(60),
+        &k,
+    );
+    // With the target down, records wait in the producer and the first
+    // signal's drain cannot finish (deadline 30 s).
+    dst.kill();
+    src.produce(&topic, &numbered(10, 50, 1));
+    std::thread::sleep(Duration::from_secs(1));
+    k.signal("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        k.wait_exit(Duration::from_millis(10)),
+        None,
+        "still draining after the first signal"
+    );
+    let t = std::time::Instant::now();
+    k.signal("TERM");
+    assert_eq!(
+        k.wait_exit(Duration::from_secs(5)),
+        Some(1),
+        "{}",
+        k.log_text()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(k.log_text().contains("second signal"));
+}
