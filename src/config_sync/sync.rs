@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, ResourceSpecifier};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
@@ -91,31 +90,16 @@ pub struct Managed(pub HashMap<String, BTreeSet<String>>);
 impl Managed {
     /// Reads the whole managed-properties topic (empty if it is missing).
     pub fn load(target: &ClusterConfig, topic: &str) -> Result<Self, String> {
-        let mut cfg = kafka::client_config(target, Role::Admin, "kmirror-config-sync");
-        cfg.set("group.id", "kmirror-config-sync-reader-unused");
-        cfg.set("enable.auto.commit", "false");
-        let c: BaseConsumer<KContext> =
-            kafka::create(&cfg, KContext::default()).map_err(|e| e.to_string())?;
-        let md = c
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        if !md.topics().iter().any(|t| t.name() == topic) {
-            return Ok(Self::default());
-        }
-        let (lo, hi) = c
-            .fetch_watermarks(topic, 0, Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
+        let c = kafka::reader(target, "kmirror-config-sync").map_err(|e| e.to_string())?;
         let mut m = HashMap::new();
-        if hi > lo {
-            for r in kafka::read_range(&c, topic, 0, lo, hi)? {
-                if let Some(k) = r.key() {
-                    let key = String::from_utf8_lossy(k).into_owned();
-                    let keys: BTreeSet<String> = r
-                        .payload()
-                        .and_then(|v| serde_json::from_slice(v).ok())
-                        .unwrap_or_default();
-                    m.insert(key, keys);
-                }
+        for r in kafka::Follower::new(topic).poll(&c)? {
+            if let Some(k) = r.key() {
+                let key = String::from_utf8_lossy(k).into_owned();
+                let keys: BTreeSet<String> = r
+                    .payload()
+                    .and_then(|v| serde_json::from_slice(v).ok())
+                    .unwrap_or_default();
+                m.insert(key, keys);
             }
         }
         Ok(Self(m))

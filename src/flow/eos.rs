@@ -29,7 +29,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use super::PROVENANCE_HEADER;
 use crate::config::ClusterConfig;
-use crate::kafka::{self, read_range as read, KContext, Role};
+use crate::kafka::{read_range as read, reader, Follower, KContext};
 use crate::offsets::codec::OffsetSync;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,17 +40,8 @@ pub struct Resolver {
     target: BaseConsumer<KContext>,
     /// Source records with this provenance header value are never mirrored.
     skip_alias: Option<String>,
-    syncs_topic: String,
-    syncs_pos: i64,
+    syncs_follower: Option<Follower>,
     syncs: HashMap<(String, i32), (i64, i64)>,
-}
-
-fn reader(c: &ClusterConfig) -> anyhow::Result<BaseConsumer<KContext>> {
-    let mut cfg = kafka::client_config(c, Role::Consumer, "kmirror-eos-reader");
-    cfg.set("enable.auto.commit", "false");
-    cfg.set("enable.partition.eof", "false");
-    cfg.set("group.id", "kmirror-eos-reader-unused");
-    Ok(kafka::create(&cfg, KContext::default())?)
 }
 
 fn headers_of(m: &OwnedMessage) -> Vec<(String, Option<Vec<u8>>)> {
@@ -87,11 +78,10 @@ impl Resolver {
         skip_alias: Option<String>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            source: reader(source)?,
-            target: reader(target)?,
+            source: reader(source, "kmirror-eos-reader")?,
+            target: reader(target, "kmirror-eos-reader")?,
             skip_alias,
-            syncs_topic: String::new(),
-            syncs_pos: 0,
+            syncs_follower: None,
             syncs: HashMap::new(),
         })
     }
@@ -102,35 +92,17 @@ impl Resolver {
         &mut self,
         topic: &str,
     ) -> anyhow::Result<HashMap<(String, i32), (i64, i64)>> {
-        self.syncs_topic = topic.to_string();
-        self.syncs_pos = 0;
+        self.syncs_follower = Some(Follower::new(topic));
         self.catch_up_syncs()
             .map_err(|e| anyhow::anyhow!("cannot read {topic} on the target: {e}"))?;
         Ok(self.syncs.clone())
     }
 
     fn catch_up_syncs(&mut self) -> Result<(), String> {
-        let md = self
-            .target
-            .fetch_metadata(None, READ_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        if !md
-            .topics()
-            .iter()
-            .any(|t| t.name() == self.syncs_topic && !t.partitions().is_empty())
-        {
+        let Some(f) = self.syncs_follower.as_mut() else {
             return Ok(());
-        }
-        let (lo, hi) = self
-            .target
-            .fetch_watermarks(&self.syncs_topic, 0, READ_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        let from = self.syncs_pos.max(lo);
-        if from >= hi {
-            return Ok(());
-        }
-        let topic = self.syncs_topic.clone();
-        let recs = read(&self.target, &topic, 0, from, hi)?;
+        };
+        let recs = f.poll(&self.target)?;
         for m in recs {
             if let (Some(k), Some(v)) = (m.key(), m.payload()) {
                 if let Ok(s) = OffsetSync::decode(k, v) {
@@ -141,7 +113,6 @@ impl Resolver {
                 }
             }
         }
-        self.syncs_pos = hi;
         Ok(())
     }
 

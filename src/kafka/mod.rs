@@ -226,6 +226,60 @@ pub fn read_range(
     Ok(out)
 }
 
+/// A group-less reader of one cluster: assigns partitions and polls, never
+/// joins or commits (the group id is only a placeholder librdkafka wants).
+pub fn reader(
+    cluster: &ClusterConfig,
+    client_id: &str,
+) -> Result<BaseConsumer<KContext>, ClientError> {
+    let mut cfg = client_config(cluster, Role::Consumer, client_id);
+    cfg.set("group.id", format!("{client_id}-unused"));
+    cfg.set("enable.auto.commit", "false");
+    cfg.set("enable.partition.eof", "false");
+    create(&cfg, KContext::default())
+}
+
+/// Follows partition 0 of a single-partition internal topic: each
+/// [`Follower::poll`] returns the records written since the last one (all
+/// of them the first time); a topic that does not exist yet reads as empty.
+pub struct Follower {
+    topic: String,
+    pos: i64,
+}
+
+impl Follower {
+    /// Starts at the beginning of `topic`.
+    pub fn new(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            pos: 0,
+        }
+    }
+
+    /// New records since the last call.
+    pub fn poll(&mut self, c: &BaseConsumer<KContext>) -> Result<Vec<OwnedMessage>, String> {
+        let timeout = Duration::from_secs(10);
+        let md = c.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
+        if !md
+            .topics()
+            .iter()
+            .any(|t| t.name() == self.topic && !t.partitions().is_empty())
+        {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = c
+            .fetch_watermarks(&self.topic, 0, timeout)
+            .map_err(|e| e.to_string())?;
+        let from = self.pos.max(lo);
+        if from >= hi {
+            return Ok(Vec::new());
+        }
+        let recs = read_range(c, &self.topic, 0, from, hi)?;
+        self.pos = hi;
+        Ok(recs)
+    }
+}
+
 /// A client that could not be created; the message never holds a secret.
 #[derive(Debug)]
 pub struct ClientError(pub String);

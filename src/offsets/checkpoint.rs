@@ -27,7 +27,7 @@ use super::store::OffsetSyncStore;
 use crate::config::{ClusterConfig, FlowConfig};
 use crate::discovery::MirrorSet;
 use crate::flow::offset_syncs_topic;
-use crate::kafka::{self, KContext, Role};
+use crate::kafka::{self, reader, Follower, KContext, Role};
 use crate::metrics::Metrics;
 use crate::policy::NameFilter;
 
@@ -41,14 +41,6 @@ pub const MAX_POINTS_PER_PARTITION: usize = 10_000;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A group-less reader of one cluster.
-pub fn reader(c: &ClusterConfig, client_id: &str) -> Result<BaseConsumer<KContext>, String> {
-    let mut cfg = kafka::client_config(c, Role::Admin, client_id);
-    cfg.set("group.id", format!("{client_id}-unused"));
-    cfg.set("enable.auto.commit", "false");
-    kafka::create(&cfg, KContext::default()).map_err(|e| e.to_string())
-}
-
 /// A consumer bound to group `group` that never joins it: for reading and
 /// committing that group's offsets.
 pub fn group_client(c: &ClusterConfig, group: &str) -> Result<BaseConsumer<KContext>, String> {
@@ -56,39 +48,6 @@ pub fn group_client(c: &ClusterConfig, group: &str) -> Result<BaseConsumer<KCont
     cfg.set("group.id", group);
     cfg.set("enable.auto.commit", "false");
     kafka::create(&cfg, KContext::default()).map_err(|e| e.to_string())
-}
-
-/// Follows a single-partition internal topic from the start.
-struct Follower {
-    topic: String,
-    pos: i64,
-}
-
-impl Follower {
-    /// New records since the last call (all of them the first time).
-    fn poll(
-        &mut self,
-        c: &BaseConsumer<KContext>,
-    ) -> Result<Vec<rdkafka::message::OwnedMessage>, String> {
-        let md = c.fetch_metadata(None, TIMEOUT).map_err(|e| e.to_string())?;
-        if !md
-            .topics()
-            .iter()
-            .any(|t| t.name() == self.topic && !t.partitions().is_empty())
-        {
-            return Ok(Vec::new());
-        }
-        let (lo, hi) = c
-            .fetch_watermarks(&self.topic, 0, TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        let from = self.pos.max(lo);
-        if from >= hi {
-            return Ok(Vec::new());
-        }
-        let recs = kafka::read_range(c, &self.topic, 0, from, hi)?;
-        self.pos = hi;
-        Ok(recs)
-    }
 }
 
 /// Loads every offset-sync point persisted on the target into a store.
@@ -182,10 +141,7 @@ impl Checkpointer {
         let me = Arc::new(self);
         let state = State {
             store: OffsetSyncStore::new(MAX_POINTS_PER_PARTITION),
-            syncs: Follower {
-                topic: offset_syncs_topic(&me.source.alias),
-                pos: 0,
-            },
+            syncs: Follower::new(offset_syncs_topic(&me.source.alias)),
             written: HashMap::new(),
             warned: HashSet::new(),
         };
@@ -195,8 +151,8 @@ impl Checkpointer {
         let clients = {
             let me = me.clone();
             tokio::task::spawn_blocking(move || -> Result<_, String> {
-                let src = reader(&me.source, "kmirror-checkpoints")?;
-                let dst = reader(&me.target, "kmirror-checkpoints")?;
+                let src = reader(&me.source, "kmirror-checkpoints").map_err(|e| e.to_string())?;
+                let dst = reader(&me.target, "kmirror-checkpoints").map_err(|e| e.to_string())?;
                 let mut pcfg =
                     kafka::client_config(&me.target, Role::Producer, "kmirror-checkpoints");
                 pcfg.set("enable.idempotence", "true");
@@ -404,11 +360,8 @@ pub fn latest_checkpoints(
     source_alias: &str,
     group: &str,
 ) -> Result<BTreeMap<(String, i32), Checkpoint>, String> {
-    let c = reader(target, "kmirror-offsets")?;
-    let mut f = Follower {
-        topic: checkpoints_topic(source_alias),
-        pos: 0,
-    };
+    let c = reader(target, "kmirror-offsets").map_err(|e| e.to_string())?;
+    let mut f = Follower::new(checkpoints_topic(source_alias));
     let mut out = BTreeMap::new();
     for m in f.poll(&c)? {
         if let (Some(k), Some(v)) = (m.key(), m.payload()) {
