@@ -134,6 +134,14 @@ impl Slot {
         self.stopped.load(Ordering::Acquire)
     }
 
+    /// The offset that may be committed: every record before it is
+    /// acknowledged and the record just before it has a persisted point.
+    fn commit_position(&self) -> i64 {
+        self.acked
+            .load(Ordering::Acquire)
+            .min(self.sync_acked.load(Ordering::Acquire))
+    }
+
     /// Records a refusal of the record at `offset`; the partition stops.
     fn refuse(&self, offset: i64, error: &KafkaError, size: usize) {
         if let Ok(mut f) = self.failure.lock() {
@@ -299,7 +307,8 @@ impl Shared {
             .remove_label_values(&[&self.flow, topic, &p]);
     }
 
-    fn assigned(&self) -> Vec<Arc<Slot>> {
+    /// The assigned partitions' slots, with their indexes.
+    fn assigned(&self) -> Vec<(usize, Arc<Slot>)> {
         let index = match self.index.lock() {
             Ok(i) => i,
             Err(_) => return Vec::new(),
@@ -311,7 +320,7 @@ impl Shared {
         index
             .values()
             .flat_map(|ps| ps.values())
-            .filter_map(|&i| slots.get(i).cloned())
+            .filter_map(|&i| slots.get(i).map(|s| (i, s.clone())))
             .collect()
     }
 }
@@ -636,17 +645,14 @@ impl FlowConsumerCtx {
             }
             // A point for the last record of each partition, so that the
             // commit can reach it.
-            emit_idle_points(&self.shared, true);
+            emit_idle_points(&self.shared, &self.shared.assigned(), true);
             produce_syncs(&self.shared, &p);
             let _ = p.flush(self.drain_timeout);
         }
         let mut commit = TopicPartitionList::new();
         for e in tpl.elements() {
             if let Some((_, slot)) = self.shared.slot_for(e.topic(), e.partition()) {
-                let acked = slot
-                    .acked
-                    .load(Ordering::Acquire)
-                    .min(slot.sync_acked.load(Ordering::Acquire));
+                let acked = slot.commit_position();
                 if acked >= 0 {
                     let _ = commit.add_partition_offset(
                         e.topic(),
@@ -949,7 +955,7 @@ impl Replicator {
         if let Err(e) = producer.flush(self.runtime.shutdown_timeout) {
             warn!(flow = %flow, error = %e, "producer did not drain before the deadline; unacknowledged records are not committed and will be mirrored again");
         }
-        emit_idle_points(&shared, true);
+        emit_idle_points(&shared, &shared.assigned(), true);
         produce_syncs(&shared, &producer);
         let _ = producer.flush(Duration::from_secs(5));
         housekeeping(&shared, &consumer, &producer, &mut stopped);
@@ -992,11 +998,8 @@ fn housekeeping(
     let slots = sh.assigned();
     let mut store = TopicPartitionList::new();
     let mut stored = Vec::new();
-    for slot in &slots {
-        let acked = slot
-            .acked
-            .load(Ordering::Acquire)
-            .min(slot.sync_acked.load(Ordering::Acquire));
+    for (_, slot) in &slots {
+        let acked = slot.commit_position();
         if acked > slot.stored.load(Ordering::Relaxed)
             && store
                 .add_partition_offset(&slot.topic, slot.partition, Offset::Offset(acked))
@@ -1015,7 +1018,7 @@ fn housekeeping(
             Err(e) => debug!(flow = %sh.flow, error = %e, "cannot store offsets"),
         }
     }
-    for slot in slots {
+    for (_, slot) in &slots {
         let report = match slot.failure.lock() {
             Ok(mut f) => match f.as_mut() {
                 Some(f) if !f.reported && slot.inflight.load(Ordering::Acquire) == 0 => {
@@ -1064,7 +1067,7 @@ fn housekeeping(
             );
         }
     }
-    emit_idle_points(sh, false);
+    emit_idle_points(sh, &slots, false);
     produce_syncs(sh, producer);
 }
 
@@ -1072,9 +1075,9 @@ fn housekeeping(
 /// acknowledged record becomes a point (at most once a second unless
 /// `force`), so that a group that read everything translates exactly and
 /// the commit position can reach the end.
-fn emit_idle_points(sh: &Shared, force: bool) {
+fn emit_idle_points(sh: &Shared, slots: &[(usize, Arc<Slot>)], force: bool) {
     let now = now_ms();
-    for slot in sh.assigned() {
+    for (idx, slot) in slots {
         if slot.inflight.load(Ordering::Acquire) != 0 {
             continue;
         }
@@ -1089,11 +1092,8 @@ fn emit_idle_points(sh: &Shared, force: bool) {
             slot.point_ms.store(now, Ordering::Release);
             slot.emitted_src.store(src, Ordering::Release);
             slot.since_sync.store(0, Ordering::Release);
-            let idx = sh
-                .slot_for(&slot.topic, slot.partition)
-                .map_or(NO_SLOT, |(i, _)| i);
             if let Ok(mut p) = sh.pending_syncs.lock() {
-                p.push((idx, slot.sync_point(src, tgt)));
+                p.push((*idx, slot.sync_point(src, tgt)));
             }
         }
     }
