@@ -32,12 +32,8 @@ pub fn dispatch(cmd: Command) -> u8 {
 /// `kmirror run`: mirrors until SIGINT/SIGTERM. The first signal drains
 /// and commits within `[runtime] shutdown_timeout`; a second exits at once.
 fn run(path: &Path) -> u8 {
-    let c = match load_or_report(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
+    let (c, rt) = match load_or_report(path).and_then(|c| Ok((c, runtime()?))) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -98,12 +94,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, u8> {
 
 /// `kmirror plan`: prints what would be mirrored and changed; changes nothing.
 fn plan(path: &Path, format: OutputFormat) -> u8 {
-    let c = match load_or_report(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
+    let (c, rt) = match load_or_report(path).and_then(|c| Ok((c, runtime()?))) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     match rt.block_on(crate::plan::build(&c)) {

@@ -158,6 +158,15 @@ pub fn list_topics(
         .collect())
 }
 
+/// [`list_topics`] off the async threads (the request blocks).
+async fn list_blocking(c: &Arc<BaseConsumer<KContext>>) -> Result<BTreeMap<String, i32>, String> {
+    let c = c.clone();
+    tokio::task::spawn_blocking(move || list_topics(&c, Duration::from_secs(10)))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+}
+
 /// Creates a topic; "already exists" is success. `Ok(true)` when this call
 /// created it, `Ok(false)` when it existed already.
 pub async fn create_topic(
@@ -244,13 +253,7 @@ impl Discovery {
         dst: &Arc<BaseConsumer<KContext>>,
         reported: &mut HashSet<String>,
     ) {
-        let timeout = Duration::from_secs(10);
-        let s = src.clone();
-        let listed = tokio::task::spawn_blocking(move || list_topics(&s, timeout))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        let source_topics = match listed {
+        let source_topics = match list_blocking(src).await {
             Ok(t) => {
                 self.health.set_cluster("source", true);
                 t
@@ -267,12 +270,7 @@ impl Discovery {
                 return;
             }
         };
-        let d = dst.clone();
-        let listed = tokio::task::spawn_blocking(move || list_topics(&d, timeout))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        let target_topics = match listed {
+        let target_topics = match list_blocking(dst).await {
             Ok(t) => {
                 self.health.set_cluster("target", true);
                 t
