@@ -72,8 +72,10 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let flow = format!(
-        "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nconfig_exclude = [\"segment\\\\..*\"]\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"1s\"\n"
+    let flow = flow_toml(
+        "",
+        &topic,
+        "config_exclude = [\"segment\\\\..*\"]\nsync_configs_interval = \"1s\"",
     );
     let cfg = write_config(dir.path(), &src, &dst, &flow);
 
@@ -205,9 +207,7 @@ fn partition_growth_refused_by_the_broker_is_reported_once_and_held() {
     src.produce(&topic, &numbered(0, 300, 3));
     let dir = tempfile::tempdir().unwrap();
     let listen = http_listen();
-    let flow = format!(
-        "[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"1s\"\n"
-    );
+    let flow = flow_toml(&listen, &topic, "sync_configs_interval = \"1s\"");
     let cfg = write_config(dir.path(), &src, &dst, &flow);
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     wait_count(&dst, &target, 100, Duration::from_secs(60), &k);

@@ -10,9 +10,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::topic_partition_list::Offset;
 
 fn flow(topic: &str, extra: &str) -> String {
-    format!(
-        "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n{extra}\n"
-    )
+    flow_toml("", topic, extra)
 }
 
 /// Committed offsets of kmirror's group for a topic.
@@ -221,7 +219,7 @@ fn refused_record_stops_its_partition_only_and_resumes_after_fix() {
 
     let dir = tempfile::tempdir().unwrap();
     let listen = http_listen();
-    let text = flow(&topic, "").replace("listen = \"\"", &format!("listen = \"{listen}\""));
+    let text = flow_toml(&listen, &topic, "");
     let cfg = write_config(dir.path(), &src, &dst, &text);
     let log = dir.path().join("kmirror.log");
     let mut k = KmirrorProc::start(&cfg, &log);

@@ -23,8 +23,10 @@ fn new_topics_are_mirrored_without_restart_and_filters_apply() {
         src.produce(t, &numbered(0, 20, 2));
     }
     let dir = tempfile::tempdir().unwrap();
-    let flow = format!(
-        "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{base}\\\\..*\"]\ntopics_exclude = [\"{base}\\\\.tmp\\\\..*\"]\nrefresh_topics_interval = \"1s\"\n"
+    let flow = flow_toml(
+        "",
+        &format!("{base}\\\\..*"),
+        &format!("topics_exclude = [\"{base}\\\\.tmp\\\\..*\"]"),
     );
     let cfg = write_config(dir.path(), &src, &dst, &flow);
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
@@ -71,9 +73,7 @@ fn identity_rename_keeps_topic_names() {
     src.create_topic(&topic, 2, &[]);
     src.produce(&topic, &numbered(0, 100, 2));
     let dir = tempfile::tempdir().unwrap();
-    let flow = format!(
-        "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nrename = \"{{topic}}\"\nrefresh_topics_interval = \"1s\"\n"
-    );
+    let flow = flow_toml("", &topic, "rename = \"{topic}\"");
     let cfg = write_config(dir.path(), &src, &dst, &flow);
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     wait_count(&dst, &topic, 100, Duration::from_secs(60), &k);
@@ -91,8 +91,7 @@ fn prefix_rule_does_not_mirror_topics_that_came_from_the_target() {
     src.produce(&topic, &numbered(0, 10, 1));
     src.produce(&back, &numbered(0, 10, 1));
     let dir = tempfile::tempdir().unwrap();
-    let flow = "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\".*\"]\nrefresh_topics_interval = \"1s\"\n";
-    let cfg = write_config(dir.path(), &src, &dst, flow);
+    let cfg = write_config(dir.path(), &src, &dst, &flow_toml("", ".*", ""));
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     wait_count(
         &dst,
@@ -169,9 +168,7 @@ fn target_with_fewer_partitions_holds_the_extra_ones() {
     src.produce(&topic, &numbered(0, 400, 4));
     let dir = tempfile::tempdir().unwrap();
     let listen = http_listen();
-    let flow = format!(
-        "[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n"
-    );
+    let flow = flow_toml(&listen, &topic, "");
     let cfg = write_config(dir.path(), &src, &dst, &flow);
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     wait_count(&dst, &target, 200, Duration::from_secs(60), &k);

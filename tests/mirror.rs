@@ -59,12 +59,7 @@ fn fidelity_every_field_same_partition_same_order() {
     src.produce(&topic, &records);
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &src,
-        &dst,
-        &format!("[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n"),
-    );
+    let cfg = write_config(dir.path(), &src, &dst, &flow_toml("", &topic, ""));
     let mut k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     let target = format!("src.{topic}");
     wait_count(&dst, &target, 5000, Duration::from_secs(90), &k);

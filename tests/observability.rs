@@ -23,9 +23,7 @@ fn records_total_sums_to_n_and_lag_falls_to_zero() {
     src.produce(&topic, &numbered(0, 1500, 3));
     let dir = tempfile::tempdir().unwrap();
     let listen = http_listen();
-    let flow = format!(
-        "[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n"
-    );
+    let flow = flow_toml(&listen, &topic, "");
     let cfg = write_config(dir.path(), &src, &dst, &flow);
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     wait_count(
@@ -84,9 +82,7 @@ fn readyz_is_503_while_the_target_is_down_and_200_after() {
     src.produce(&topic, &numbered(0, 100, 2));
     let dir = tempfile::tempdir().unwrap();
     let listen = http_listen();
-    let flow = format!(
-        "[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n"
-    );
+    let flow = flow_toml(&listen, &topic, "");
     let cfg = write_config(dir.path(), &src, &dst, &flow);
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     wait_count(

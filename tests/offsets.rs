@@ -88,6 +88,22 @@ fn kmirror(args: &[&str]) -> (i32, String) {
     (code, out + &err)
 }
 
+/// `kmirror offsets apply` for `group` (with `--dry-run` when asked).
+fn apply(cfg: &std::path::Path, group: &str, dry_run: bool) -> (i32, String) {
+    let mut args = vec![
+        "offsets",
+        "apply",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--group",
+        group,
+    ];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    kmirror(&args)
+}
+
 /// Waits until `offsets translate` shows a checkpoint with these source
 /// offsets for every partition.
 fn wait_checkpoints(cfg: &std::path::Path, group: &str, want_upstream: &[i64], k: &KmirrorProc) {
@@ -134,8 +150,10 @@ fn wait_checkpoints(cfg: &std::path::Path, group: &str, want_upstream: &[i64], k
 }
 
 fn flow(topic: &str, extra: &str) -> String {
-    format!(
-        "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\ngroups = [\"app.*\"]\nrefresh_topics_interval = \"1s\"\ncheckpoint_interval = \"1s\"\n{extra}\n"
+    flow_toml(
+        "",
+        topic,
+        &format!("groups = [\"app.*\"]\ncheckpoint_interval = \"1s\"\n{extra}"),
     )
 }
 
@@ -199,15 +217,7 @@ fn failover_resumes_at_exactly_the_next_record() {
     wait_count(&dst, &target, 10_000, Duration::from_secs(90), &k);
     wait_checkpoints(&cfg, "app-orders", &commits, &k);
 
-    let (code, out) = kmirror(&[
-        "offsets",
-        "apply",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--group",
-        "app-orders",
-        "--dry-run",
-    ]);
+    let (code, out) = apply(&cfg, "app-orders", true);
     assert_eq!(code, 0, "{out}");
     assert!(
         committed(&dst, "app-orders", &target, 3)
@@ -215,14 +225,7 @@ fn failover_resumes_at_exactly_the_next_record() {
             .all(|o| *o < 0),
         "dry run wrote offsets"
     );
-    let (code, out) = kmirror(&[
-        "offsets",
-        "apply",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--group",
-        "app-orders",
-    ]);
+    let (code, out) = apply(&cfg, "app-orders", false);
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         committed(&dst, "app-orders", &target, 3),
@@ -341,14 +344,7 @@ fn failover_with_offset_gaps_and_a_restart_is_exact() {
     commit_group(&src, "app-gaps", &topic, &commits);
     let k = KmirrorProc::start(&cfg, &log);
     wait_checkpoints(&cfg, "app-gaps", &commits, &k);
-    let (code, out) = kmirror(&[
-        "offsets",
-        "apply",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--group",
-        "app-gaps",
-    ]);
+    let (code, out) = apply(&cfg, "app-gaps", false);
     assert_eq!(code, 0, "{out}");
     let applied = committed(&dst, "app-gaps", &target, 3);
     assert_eq!(
@@ -407,14 +403,7 @@ fn group_offsets_sync_to_idle_groups_only_and_never_backwards() {
         committed(&dst, "app-idle", &target, 2) == vec![180, 190]
     });
     // `offsets apply` refuses while the group is active on the target.
-    let (code, out) = kmirror(&[
-        "offsets",
-        "apply",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--group",
-        "app-busy",
-    ]);
+    let (code, out) = apply(&cfg, "app-busy", false);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("active members"), "{out}");
 }
@@ -442,14 +431,7 @@ fn failover_is_exact_after_kmirror_was_killed_mid_stream() {
     let commits = [300, 900, 1499];
     commit_group(&src, "app-crash", &topic, &commits);
     wait_checkpoints(&cfg, "app-crash", &commits, &k);
-    let (code, out) = kmirror(&[
-        "offsets",
-        "apply",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--group",
-        "app-crash",
-    ]);
+    let (code, out) = apply(&cfg, "app-crash", false);
     assert_eq!(code, 0, "{out}");
     let after = consume_rest(&dst, "app-crash", &target, 3);
     assert_exact(&src, &topic, &commits, &after);

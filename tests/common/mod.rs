@@ -492,3 +492,12 @@ pub fn run_kmirror(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The `[http]` table and one `[[flow]]` named `f` that mirrors the topics
+/// matching `topics` (a regex, as written in TOML), refreshing every second;
+/// `extra` adds flow keys. `listen = ""` turns the HTTP server off.
+pub fn flow_toml(listen: &str, topics: &str, extra: &str) -> String {
+    format!(
+        "[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topics}\"]\nrefresh_topics_interval = \"1s\"\n{extra}\n"
+    )
+}
