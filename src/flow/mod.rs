@@ -39,7 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{ClusterConfig, Delivery, FlowConfig, RuntimeConfig};
 use crate::discovery::MirrorSet;
-use crate::kafka::{self, Role};
+use crate::kafka::{self, log_librdkafka, Role};
 use crate::metrics::{Health, Metrics};
 use crate::offsets::codec::OffsetSync;
 
@@ -322,22 +322,6 @@ impl Shared {
             .flat_map(|ps| ps.values())
             .filter_map(|&i| slots.get(i).map(|s| (i, s.clone())))
             .collect()
-    }
-}
-
-fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, msg: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg
-        | RDKafkaLogLevel::Alert
-        | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => {
-            error!(target: "librdkafka", facility = fac, "{msg}")
-        }
-        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility = fac, "{msg}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            info!(target: "librdkafka", facility = fac, "{msg}")
-        }
-        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility = fac, "{msg}"),
     }
 }
 

@@ -91,6 +91,22 @@ pub fn apply_producer_owned(c: &mut ClientConfig, compression: &str, runtime: &R
     );
 }
 
+/// Routes a librdkafka log line to `tracing` (target `librdkafka`) at the
+/// matching level; every kmirror client context uses it.
+pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility = fac, "{msg}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{msg}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility = fac, "{msg}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{msg}"),
+    }
+}
+
 /// Client context shared by kmirror's clients: librdkafka logs go to
 /// `tracing` (target `librdkafka`) and the last error is kept so that a
 /// failed request can say why.
@@ -108,23 +124,7 @@ impl KContext {
 
 impl ClientContext for KContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, "{msg}")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", facility = fac, "{msg}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility = fac, "{msg}")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", facility = fac, "{msg}")
-            }
-        }
+        log_librdkafka(level, fac, msg)
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
