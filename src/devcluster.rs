@@ -56,6 +56,32 @@ pub fn free_port() -> u16 {
         .expect("no free port on loopback")
 }
 
+/// Records held by `topic` on the cluster at `bootstrap`: the sum over its
+/// partitions of high − low watermark; 0 when the topic does not exist
+/// (or the cluster does not answer).
+pub fn records_in(bootstrap: &str, topic: &str) -> i64 {
+    let Ok(c) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "0")
+        .create::<BaseConsumer>()
+    else {
+        return 0;
+    };
+    let Ok(md) = c.fetch_metadata(None, Duration::from_secs(5)) else {
+        return 0;
+    };
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return 0;
+    };
+    (0..t.partitions().len() as i32)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map(|(lo, hi)| hi - lo)
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 /// Where a broker keeps its data.
 #[derive(Debug, Clone)]
 pub enum Storage {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kmirror::devcluster::{free_port, Nisshi, Storage};
+use kmirror::devcluster::{free_port, records_in, Nisshi, Storage};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -89,21 +89,6 @@ fn proc_stats(pid: u32) -> (f64, u64) {
         .unwrap_or(0)
         * 1024;
     (cpu, hwm)
-}
-
-fn total(bootstrap: &str, topic: &str, partitions: i32) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "0")
-        .create()
-        .unwrap();
-    (0..partitions)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(5))
-                .map(|(lo, hi)| hi - lo)
-                .unwrap_or(0)
-        })
-        .sum()
 }
 
 fn preload(bootstrap: &str, topic: &str, partitions: i32, n: usize, size: usize) {
@@ -352,7 +337,7 @@ fn run(a: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (cpu, rss, steady) = wait_child_until(
         &mut pipe,
-        || total(&dst.bootstrap(), &format!("raw.{topic}"), a.partitions),
+        || records_in(&dst.bootstrap(), &format!("raw.{topic}")),
         n,
         Duration::from_secs(600),
     )?;
@@ -388,7 +373,7 @@ fn run(a: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (cpu, rss, steady) = wait_child_until(
         &mut km,
-        || total(&dst.bootstrap(), &format!("src.{topic}"), a.partitions),
+        || records_in(&dst.bootstrap(), &format!("src.{topic}")),
         n,
         Duration::from_secs(600),
     )?;
@@ -421,8 +406,7 @@ fn run(a: &Args) -> Result<(), String> {
     let _ = p.flush(Duration::from_secs(30));
     let want = n + 10_000;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while total(&dst.bootstrap(), &format!("src.{topic}"), a.partitions) < want
-        && Instant::now() < deadline
+    while records_in(&dst.bootstrap(), &format!("src.{topic}")) < want && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -482,7 +466,7 @@ fn run(a: &Args) -> Result<(), String> {
         let want = (per * a.rss_partitions as usize) as i64;
         let (_, rss, _) = wait_child_until(
             &mut km,
-            || total(&dst.bootstrap(), &format!("src.{many}"), a.rss_partitions),
+            || records_in(&dst.bootstrap(), &format!("src.{many}")),
             want,
             Duration::from_secs(600),
         )?;

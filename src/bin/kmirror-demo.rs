@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kmirror::devcluster::{Nisshi, Storage};
+use kmirror::devcluster::{records_in, Nisshi, Storage};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
@@ -21,29 +20,6 @@ const TOPICS: &[(&str, i32)] = &[
     ("clicks.web", 2),
     ("clicks.tmp.debug", 1),
 ];
-
-fn count(bootstrap: &str, topic: &str) -> i64 {
-    let Ok(c) = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "0")
-        .create::<BaseConsumer>()
-    else {
-        return 0;
-    };
-    let Ok(md) = c.fetch_metadata(None, Duration::from_secs(2)) else {
-        return 0;
-    };
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return 0;
-    };
-    (0..t.partitions().len() as i32)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(2))
-                .map(|(lo, hi)| hi - lo)
-                .unwrap_or(0)
-        })
-        .sum()
-}
 
 fn produce_sample(bootstrap: String, stop: Arc<AtomicBool>) {
     let p: ThreadedProducer<DefaultProducerContext> = match ClientConfig::new()
@@ -183,8 +159,8 @@ fn run(duration: Option<Duration>) -> Result<(), String> {
             for (t, _) in TOPICS {
                 let target = format!("east.{t}");
                 let (s, d) = (
-                    count(&east.bootstrap(), t),
-                    count(&west.bootstrap(), &target),
+                    records_in(&east.bootstrap(), t),
+                    records_in(&west.bootstrap(), &target),
                 );
                 let note = if d == 0 && t.contains(".tmp.") {
                     "  (excluded by topics_exclude)"
@@ -198,7 +174,8 @@ fn run(duration: Option<Duration>) -> Result<(), String> {
                 text.lines()
                     .filter(|l| l.starts_with(name) && !l.starts_with('#'))
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
+                    .sum::<f64>()
+                    + 0.0 // an empty sum is -0.0; show 0
             };
             println!(
                 "  metrics: kmirror_records_total={} kmirror_lag_records={} kmirror_heartbeats_total={} kmirror_offset_syncs_total={}  readyz={}\n",

@@ -398,17 +398,7 @@ impl Drop for KmirrorProc {
 /// Sum of (high − low) watermarks over all partitions of a topic; 0 when
 /// the topic does not exist.
 pub fn count(broker: &Broker, topic: &str) -> i64 {
-    let Some(parts) = broker.partitions(topic) else {
-        return 0;
-    };
-    let c = broker.consumer(None);
-    (0..parts as i32)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(5))
-                .map(|(lo, hi)| hi - lo)
-                .unwrap_or(0)
-        })
-        .sum()
+    kmirror::devcluster::records_in(&broker.bootstrap(), topic)
 }
 
 /// Waits until `topic` on `broker` holds at least `n` records.
