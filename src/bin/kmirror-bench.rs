@@ -91,6 +91,44 @@ fn proc_stats(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
+/// CPU seconds per thread of a process: (thread id, name, seconds).
+fn thread_stats(pid: u32) -> Vec<(u32, String, f64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let name = head.split_once(" (").map_or("", |(_, n)| n).to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12 {
+            let cpu =
+                (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0;
+            out.push((tid, name, cpu));
+        }
+    }
+    out.sort_by_key(|t| t.0);
+    out
+}
+
+/// Prints the threads that used at least 0.05 CPU-seconds
+/// (`KMIRROR_BENCH_THREADS=1`).
+fn print_threads(name: &str, threads: &[(u32, String, f64)]) {
+    if std::env::var_os("KMIRROR_BENCH_THREADS").is_none() {
+        return;
+    }
+    println!("{name}: CPU-seconds per thread (thread id order)");
+    for (tid, n, cpu) in threads.iter().filter(|t| t.2 >= 0.05) {
+        println!("  {tid:>8} {n:<16} {cpu:>6.2}");
+    }
+}
+
 fn preload(bootstrap: &str, topic: &str, partitions: i32, n: usize, size: usize) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -188,6 +226,7 @@ fn wait_child_until(
     mut progress: impl FnMut() -> i64,
     n: i64,
     timeout: Duration,
+    threads: &mut Vec<(u32, String, f64)>,
 ) -> Result<(f64, u64, f64), String> {
     let deadline = Instant::now() + timeout;
     let mut last = (0.0, 0);
@@ -196,6 +235,10 @@ fn wait_child_until(
         let s = proc_stats(child.id());
         if s.0 > 0.0 || s.1 > 0 {
             last = s;
+            let t = thread_stats(child.id());
+            if !t.is_empty() {
+                *threads = t;
+            }
         }
         let have = progress();
         if have > 0 && first.is_none() {
@@ -310,18 +353,24 @@ fn run(a: &Args) -> Result<(), String> {
         a.records, a.size, a.partitions
     );
     let src = Nisshi::start("bench-src", 0, Storage::Memory, &dir.join("src.log"))?;
-    let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
     let topic = "bench";
     src.create_topic(topic, a.partitions, &[])?;
-    dst.create_topic(&format!("raw.{topic}"), a.partitions, &[])?;
-    dst.create_topic(&format!("src.{topic}"), a.partitions, &[])?;
     let t = Instant::now();
     preload(&src.bootstrap(), topic, a.partitions, a.records, a.size);
     println!("preloaded in {:.1}s", t.elapsed().as_secs_f64());
     let n = a.records as i64;
     let gb = (a.records * a.size) as f64 / 1e9;
 
-    // (a) raw pipe
+    // (a) raw pipe, into a target broker of its own (each contender
+    // writes into a fresh, empty broker: same conditions for both).
+    let dst = Nisshi::start(
+        "bench-raw-dst",
+        0,
+        Storage::Memory,
+        &dir.join("raw-dst.log"),
+    )?;
+    dst.create_topic(&format!("raw.{topic}"), a.partitions, &[])?;
+    let mut raw_threads = Vec::new();
     let start = Instant::now();
     let mut pipe = Command::new(&me)
         .args([
@@ -340,6 +389,7 @@ fn run(a: &Args) -> Result<(), String> {
         || records_in(&dst.bootstrap(), &format!("raw.{topic}")),
         n,
         Duration::from_secs(600),
+        &mut raw_threads,
     )?;
     let raw = Figures {
         secs: start.elapsed().as_secs_f64(),
@@ -348,22 +398,16 @@ fn run(a: &Args) -> Result<(), String> {
         rss,
     };
     let _ = pipe.wait();
+    drop(dst);
 
     // (b) kmirror
+    let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
+    dst.create_topic(&format!("src.{topic}"), a.partitions, &[])?;
     let listen = format!("127.0.0.1:{}", free_port());
     let cfg = kmirror_config(&dir, &src.bootstrap(), &dst.bootstrap(), topic, &listen);
     let start = Instant::now();
-    // KMIRROR_BENCH_PERF=FILE profiles kmirror with `perf record` (the CPU
-    // and RSS figures are then perf's own and not meaningful).
-    let mut cmd = match std::env::var("KMIRROR_BENCH_PERF") {
-        Ok(out) => {
-            let mut c = Command::new("perf");
-            c.args(["record", "-F", "999", "-g", "-o", &out, "--"])
-                .arg(&kmirror);
-            c
-        }
-        Err(_) => Command::new(&kmirror),
-    };
+    let mut cmd = Command::new(&kmirror);
+    let mut km_threads = Vec::new();
     let mut km = cmd
         .args(["run", "--config"])
         .arg(&cfg)
@@ -371,12 +415,29 @@ fn run(a: &Args) -> Result<(), String> {
         .stderr(std::fs::File::create(dir.join("kmirror.log")).map_err(|e| e.to_string())?)
         .spawn()
         .map_err(|e| e.to_string())?;
+    // KMIRROR_BENCH_PERF=FILE attaches `perf record` to kmirror for the
+    // throughput phase (perf's own CPU is not counted in kmirror's).
+    let perf = std::env::var("KMIRROR_BENCH_PERF").ok().map(|out| {
+        Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-o", &out, "-p"])
+            .arg(km.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    });
     let (cpu, rss, steady) = wait_child_until(
         &mut km,
         || records_in(&dst.bootstrap(), &format!("src.{topic}")),
         n,
         Duration::from_secs(600),
+        &mut km_threads,
     )?;
+    if let Some(Ok(mut perf)) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     let kfig = Figures {
         secs: start.elapsed().as_secs_f64(),
         steady,
@@ -439,6 +500,8 @@ fn run(a: &Args) -> Result<(), String> {
         raw.steady / kfig.steady,
         kfig.cpu / raw.cpu
     );
+    print_threads("raw pipe", &raw_threads);
+    print_threads("kmirror", &km_threads);
     println!("kmirror replication latency at 2,000 records/s: p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds)");
 
     // RSS with many partitions.
@@ -469,6 +532,7 @@ fn run(a: &Args) -> Result<(), String> {
             || records_in(&dst.bootstrap(), &format!("src.{many}")),
             want,
             Duration::from_secs(600),
+            &mut Vec::new(),
         )?;
         std::thread::sleep(Duration::from_secs(3));
         let (_, rss2) = proc_stats(km.id());
