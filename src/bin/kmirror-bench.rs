@@ -2,7 +2,7 @@
 //! one run, on two local nisshi brokers.
 //!
 //! ```text
-//! cargo run --release --bin kmirror-bench -- [--records N] [--size BYTES] [--partitions P] [--rss-partitions P2]
+//! cargo run --release --bin kmirror-bench -- [--records N] [--size BYTES] [--partitions P] [--rss-partitions P2] [--rounds R]
 //! ```
 //!
 //! Both contenders run as child processes, so that their CPU time
@@ -12,6 +12,9 @@
 //!     target, nothing else (`kmirror-bench pipe ...`, tuned like kmirror:
 //!     `fetch.queue.backoff.ms=1`, idempotent, acks=all, linger 5 ms);
 //! (b) `kmirror run` with a one-flow config.
+//! `--rounds R` (default 3) runs (a) then (b) R times, each into a fresh
+//! target broker of its own, and reports the median ratios: on a shared
+//! 2-core machine single runs vary by ±20%.
 //! Then a latency phase (records produced at a steady rate while kmirror
 //! runs; p50/p99 from `kmirror_replication_latency_seconds`) and an RSS
 //! phase with many partitions.
@@ -32,6 +35,7 @@ struct Args {
     size: usize,
     partitions: i32,
     rss_partitions: i32,
+    rounds: usize,
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -61,6 +65,7 @@ fn main() {
         size: arg(&args, "--size", 1024),
         partitions: arg(&args, "--partitions", 8),
         rss_partitions: arg(&args, "--rss-partitions", 1000),
+        rounds: arg(&args, "--rounds", 3),
     };
     if let Err(e) = run(&a) {
         eprintln!("bench failed: {e}");
@@ -117,7 +122,8 @@ fn thread_stats(pid: u32) -> Vec<(u32, String, f64)> {
     out
 }
 
-/// Prints the threads that used at least 0.05 CPU-seconds
+/// Prints the threads that used at least 0.05 CPU-seconds, and the sum of
+/// the others
 /// (`KMIRROR_BENCH_THREADS=1`).
 fn print_threads(name: &str, threads: &[(u32, String, f64)]) {
     if std::env::var_os("KMIRROR_BENCH_THREADS").is_none() {
@@ -127,6 +133,12 @@ fn print_threads(name: &str, threads: &[(u32, String, f64)]) {
     for (tid, n, cpu) in threads.iter().filter(|t| t.2 >= 0.05) {
         println!("  {tid:>8} {n:<16} {cpu:>6.2}");
     }
+    let rest: Vec<_> = threads.iter().filter(|t| t.2 < 0.05).collect();
+    println!(
+        "  {} other threads  {:>6.2}",
+        rest.len(),
+        rest.iter().map(|t| t.2).sum::<f64>()
+    );
 }
 
 fn preload(bootstrap: &str, topic: &str, partitions: i32, n: usize, size: usize) {
@@ -259,12 +271,153 @@ fn wait_child_until(
     }
 }
 
-fn kmirror_config(dir: &Path, source: &str, target: &str, topic: &str, listen: &str) -> PathBuf {
-    let p = dir.join(format!("bench-{topic}.toml"));
+/// `KMIRROR_BENCH_PERF=PREFIX` attaches `perf record` to each contender
+/// for its throughput phase, writing `PREFIX.raw` and `PREFIX.kmirror`
+/// (perf's own CPU is not counted in the contender's).
+fn perf_attach(child: &Child, name: &str) -> Option<Child> {
+    let prefix = std::env::var("KMIRROR_BENCH_PERF").ok()?;
+    Command::new("perf")
+        .args([
+            "record",
+            "-F",
+            "999",
+            "-g",
+            "-o",
+            &format!("{prefix}.{name}"),
+            "-p",
+        ])
+        .arg(child.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn perf_stop(perf: Option<Child>) {
+    if let Some(mut perf) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
+}
+
+/// One raw-pipe run into a fresh target broker.
+fn raw_round(
+    me: &Path,
+    dir: &Path,
+    src: &Nisshi,
+    topic: &str,
+    partitions: i32,
+    n: i64,
+) -> Result<Figures, String> {
+    let dst = Nisshi::start(
+        "bench-raw-dst",
+        0,
+        Storage::Memory,
+        &dir.join("raw-dst.log"),
+    )?;
+    dst.create_topic(&format!("raw.{topic}"), partitions, &[])?;
+    let mut threads = Vec::new();
+    let start = Instant::now();
+    let mut pipe = Command::new(me)
+        .args([
+            "pipe",
+            &src.bootstrap(),
+            &dst.bootstrap(),
+            topic,
+            &partitions.to_string(),
+            &n.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let perf = perf_attach(&pipe, "raw");
+    let (cpu, rss, steady) = wait_child_until(
+        &mut pipe,
+        || records_in(&dst.bootstrap(), &format!("raw.{topic}")),
+        n,
+        Duration::from_secs(600),
+        &mut threads,
+    )?;
+    perf_stop(perf);
+    let _ = pipe.wait();
+    print_threads("raw pipe", &threads);
+    Ok(Figures {
+        secs: start.elapsed().as_secs_f64(),
+        steady,
+        cpu,
+        rss,
+    })
+}
+
+/// One `kmirror run` into a fresh target broker (a flow name of its own,
+/// so a fresh consumer group); kmirror is left running.
+fn kmirror_round(
+    kmirror: &Path,
+    dir: &Path,
+    src: &Nisshi,
+    topic: &str,
+    partitions: i32,
+    n: i64,
+    round: usize,
+) -> Result<(Figures, Child, Nisshi, String), String> {
+    let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
+    dst.create_topic(&format!("src.{topic}"), partitions, &[])?;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cfg = kmirror_config(
+        dir,
+        &src.bootstrap(),
+        &dst.bootstrap(),
+        topic,
+        &listen,
+        &format!("bench{round}"),
+    );
+    let mut threads = Vec::new();
+    let start = Instant::now();
+    let mut km = Command::new(kmirror)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join(format!("kmirror{round}.log")))
+                .map_err(|e| e.to_string())?,
+        )
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let perf = perf_attach(&km, "kmirror");
+    let (cpu, rss, steady) = wait_child_until(
+        &mut km,
+        || records_in(&dst.bootstrap(), &format!("src.{topic}")),
+        n,
+        Duration::from_secs(600),
+        &mut threads,
+    )?;
+    perf_stop(perf);
+    print_threads("kmirror", &threads);
+    let fig = Figures {
+        secs: start.elapsed().as_secs_f64(),
+        steady,
+        cpu,
+        rss,
+    };
+    Ok((fig, km, dst, listen))
+}
+
+fn kmirror_config(
+    dir: &Path,
+    source: &str,
+    target: &str,
+    topic: &str,
+    listen: &str,
+    flow: &str,
+) -> PathBuf {
+    let p = dir.join(format!("bench-{topic}-{flow}.toml"));
     std::fs::write(
         &p,
         format!(
-            "[source]\nalias = \"src\"\nbootstrap_servers = \"{source}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{target}\"\n[http]\nlisten = \"{listen}\"\n{}\n[[flow]]\nname = \"bench\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n",
+            "[source]\nalias = \"src\"\nbootstrap_servers = \"{source}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{target}\"\n[http]\nlisten = \"{listen}\"\n{}\n[[flow]]\nname = \"{flow}\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n",
             // KMIRROR_BENCH_EXTRA: extra TOML tables, e.g. "[runtime]\nproducer_queue_kbytes = 65536",
             // to compare settings.
             std::env::var("KMIRROR_BENCH_EXTRA").unwrap_or_default().replace("\\n", "\n")
@@ -361,89 +514,54 @@ fn run(a: &Args) -> Result<(), String> {
     let n = a.records as i64;
     let gb = (a.records * a.size) as f64 / 1e9;
 
-    // (a) raw pipe, into a target broker of its own (each contender
-    // writes into a fresh, empty broker: same conditions for both).
-    let dst = Nisshi::start(
-        "bench-raw-dst",
-        0,
-        Storage::Memory,
-        &dir.join("raw-dst.log"),
-    )?;
-    dst.create_topic(&format!("raw.{topic}"), a.partitions, &[])?;
-    let mut raw_threads = Vec::new();
-    let start = Instant::now();
-    let mut pipe = Command::new(&me)
-        .args([
-            "pipe",
-            &src.bootstrap(),
-            &dst.bootstrap(),
-            topic,
-            &a.partitions.to_string(),
-            &n.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let (cpu, rss, steady) = wait_child_until(
-        &mut pipe,
-        || records_in(&dst.bootstrap(), &format!("raw.{topic}")),
-        n,
-        Duration::from_secs(600),
-        &mut raw_threads,
-    )?;
-    let raw = Figures {
-        secs: start.elapsed().as_secs_f64(),
-        steady,
-        cpu,
-        rss,
+    let row = |name: &str, f: &Figures| {
+        println!(
+            "{name:<14} {:>9.0} rec/s {:>8.1} MB/s {:>7.2} CPU-s {:>7.2} CPU-s/GB {:>8.1} MiB peak RSS {:>6.2}s wall incl. start-up",
+            n as f64 / f.steady,
+            gb * 1000.0 / f.steady,
+            f.cpu,
+            f.cpu / gb,
+            f.rss as f64 / 1048576.0,
+            f.secs
+        )
     };
-    let _ = pipe.wait();
-    drop(dst);
-
-    // (b) kmirror
-    let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
-    dst.create_topic(&format!("src.{topic}"), a.partitions, &[])?;
-    let listen = format!("127.0.0.1:{}", free_port());
-    let cfg = kmirror_config(&dir, &src.bootstrap(), &dst.bootstrap(), topic, &listen);
-    let start = Instant::now();
-    let mut cmd = Command::new(&kmirror);
-    let mut km_threads = Vec::new();
-    let mut km = cmd
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stderr(std::fs::File::create(dir.join("kmirror.log")).map_err(|e| e.to_string())?)
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    // KMIRROR_BENCH_PERF=FILE attaches `perf record` to kmirror for the
-    // throughput phase (perf's own CPU is not counted in kmirror's).
-    let perf = std::env::var("KMIRROR_BENCH_PERF").ok().map(|out| {
-        Command::new("perf")
-            .args(["record", "-F", "999", "-g", "-o", &out, "-p"])
-            .arg(km.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-    });
-    let (cpu, rss, steady) = wait_child_until(
-        &mut km,
-        || records_in(&dst.bootstrap(), &format!("src.{topic}")),
-        n,
-        Duration::from_secs(600),
-        &mut km_threads,
-    )?;
-    if let Some(Ok(mut perf)) = perf {
-        let _ = Command::new("kill")
-            .args(["-INT", &perf.id().to_string()])
-            .status();
-        let _ = perf.wait();
+    println!("rec/s, MB/s: first record in the target to the last; CPU, RSS: the whole process");
+    // Rounds of (a) the raw pipe then (b) kmirror, each writing into a
+    // fresh target broker of its own (same conditions for both; a broker
+    // already holding the other's gigabyte is markedly slower). The last
+    // kmirror keeps running for the latency phase.
+    let mut pairs: Vec<(Figures, Figures)> = Vec::new();
+    let mut last: Option<(Child, Nisshi, String)> = None;
+    for round in 1..=a.rounds {
+        let raw = raw_round(&me, &dir, &src, topic, a.partitions, n)?;
+        row(&format!("raw pipe #{round}"), &raw);
+        if let Some((mut km, _, _)) = last.take() {
+            let _ = km.kill();
+            let _ = km.wait();
+        }
+        let (kfig, km, dst, listen) =
+            kmirror_round(&kmirror, &dir, &src, topic, a.partitions, n, round)?;
+        row(&format!("kmirror #{round}"), &kfig);
+        println!(
+            "{:<14} throughput {:.2}, CPU-s/GB {:.2}",
+            format!("ratio #{round}"),
+            raw.steady / kfig.steady,
+            kfig.cpu / raw.cpu
+        );
+        pairs.push((raw, kfig));
+        last = Some((km, dst, listen));
     }
-    let kfig = Figures {
-        secs: start.elapsed().as_secs_f64(),
-        steady,
-        cpu,
-        rss,
+    let (mut km, dst, listen) = last.ok_or("no round ran (--rounds 0)")?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
     };
+    let throughput = median(pairs.iter().map(|(r, k)| r.steady / k.steady).collect());
+    let cpu = median(pairs.iter().map(|(r, k)| k.cpu / r.cpu).collect());
+    println!(
+        "ratio kmirror/raw, median of {} rounds: throughput {throughput:.2} (target >= 0.90), CPU-s/GB {cpu:.2} (target <= 1.10)",
+        pairs.len()
+    );
 
     // Latency: steady 2,000 records/s for 5 s while kmirror runs.
     std::thread::sleep(Duration::from_secs(2));
@@ -479,34 +597,13 @@ fn run(a: &Args) -> Result<(), String> {
     );
     let _ = km.kill();
     let _ = km.wait();
-
-    let row = |name: &str, f: &Figures| {
-        println!(
-            "{name:<10} {:>9.0} rec/s {:>8.1} MB/s {:>7.2} CPU-s {:>7.2} CPU-s/GB {:>8.1} MiB peak RSS {:>6.2}s wall incl. start-up",
-            n as f64 / f.steady,
-            gb * 1000.0 / f.steady,
-            f.cpu,
-            f.cpu / gb,
-            f.rss as f64 / 1048576.0,
-            f.secs
-        )
-    };
-    println!();
-    println!("rec/s, MB/s: first record in the target to the last; CPU, RSS: the whole process");
-    row("raw pipe", &raw);
-    row("kmirror", &kfig);
-    println!(
-        "ratio kmirror/raw: throughput {:.2} (target >= 0.90), CPU-s/GB {:.2} (target <= 1.10)",
-        raw.steady / kfig.steady,
-        kfig.cpu / raw.cpu
-    );
-    print_threads("raw pipe", &raw_threads);
-    print_threads("kmirror", &km_threads);
+    drop(dst);
     println!("kmirror replication latency at 2,000 records/s: p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds)");
 
     // RSS with many partitions.
     if a.rss_partitions > 0 {
         let many = "bench-many";
+        let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("many-dst.log"))?;
         src.create_topic(many, a.rss_partitions, &[])?;
         dst.create_topic(&format!("src.{many}"), a.rss_partitions, &[])?;
         let per = 20usize;
@@ -518,7 +615,14 @@ fn run(a: &Args) -> Result<(), String> {
             a.size,
         );
         let listen = format!("127.0.0.1:{}", free_port());
-        let cfg = kmirror_config(&dir, &src.bootstrap(), &dst.bootstrap(), many, &listen);
+        let cfg = kmirror_config(
+            &dir,
+            &src.bootstrap(),
+            &dst.bootstrap(),
+            many,
+            &listen,
+            "many",
+        );
         let mut km = Command::new(&kmirror)
             .args(["run", "--config"])
             .arg(&cfg)
