@@ -221,14 +221,14 @@ impl ConfigSync {
     /// every `sync_configs_interval`. A failed run is logged and counted;
     /// the loop goes on and never stops the data path.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let src: AdminClient<KContext> = kafka::create(
+        let src: Arc<AdminClient<KContext>> = Arc::new(kafka::create(
             &kafka::client_config(&self.source, Role::Admin, "kmirror-config-sync"),
             KContext::default(),
-        )?;
-        let dst: AdminClient<KContext> = kafka::create(
+        )?);
+        let dst: Arc<AdminClient<KContext>> = Arc::new(kafka::create(
             &kafka::client_config(&self.target, Role::Admin, "kmirror-config-sync"),
             KContext::default(),
-        )?;
+        )?);
         let mut cfg = kafka::client_config(&self.target, Role::Producer, "kmirror-config-sync");
         cfg.set("message.timeout.ms", "30000");
         let producer: FutureProducer<KContext> = kafka::create(&cfg, KContext::default())?;
@@ -247,6 +247,7 @@ impl ConfigSync {
             }
         };
         let mut reported: HashSet<String> = HashSet::new();
+        let mut unreachable = false;
         let mut created_at: HashMap<String, std::time::Instant> = HashMap::new();
         let mut tick = tokio::time::interval(self.flow.sync_configs_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -257,6 +258,32 @@ impl ConfigSync {
                 r = self.mirror.changed() => { if r.is_err() { return Ok(()); } }
             }
             let set = self.mirror.borrow_and_update().clone();
+            if set.is_empty() {
+                continue;
+            }
+            // Nothing is asked of a cluster that is down (see
+            // `kafka::reachable`); the next tick tries again.
+            let up = match kafka::reachable(&src, Duration::from_secs(5)).await {
+                Ok(()) => kafka::reachable(&dst, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| format!("target cluster: {e}")),
+                Err(e) => Err(format!("source cluster: {e}")),
+            };
+            if let Err(e) = up {
+                self.metrics
+                    .errors
+                    .with_label_values(&[&self.flow.name, "config_sync"])
+                    .inc();
+                if !unreachable {
+                    unreachable = true;
+                    warn!(flow = %self.flow.name, error = %e, "config sync paused: a cluster is unreachable (counted in kmirror_errors_total{{stage=\"config_sync\"}} every tick until it answers)");
+                }
+                continue;
+            }
+            if unreachable {
+                unreachable = false;
+                info!(flow = %self.flow.name, "config sync resumed: both clusters answer");
+            }
             let mut created = false;
             for m in set.values() {
                 if shutdown.is_cancelled() {

@@ -1217,7 +1217,7 @@ fn forward(
                         .with_label_values(&[&sh.flow, "backpressure"])
                         .set(1);
                 }
-                // Wait until a quarter of the queue has drained, so that
+                // Wait until half of the queue has drained, so that
                 // the queue refills in bursts of full batches: refilling
                 // one record per acknowledgement wakes librdkafka's broker
                 // thread for every record (about 25% more producer CPU

@@ -5,9 +5,10 @@
 pub mod acls;
 pub mod incremental;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::AdminClient;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -60,6 +61,30 @@ pub fn client_config(cluster: &ClusterConfig, role: Role, client_id: &str) -> Cl
     }
     c.set("bootstrap.servers", cluster.bootstrap_servers.trim());
     c
+}
+
+/// Whether the cluster of `admin` answers a metadata request within
+/// `timeout` (the error otherwise).
+///
+/// Ask before controller-bound admin requests (DescribeConfigs,
+/// CreateTopics, ...): sent to a cluster that is down, such a request
+/// keeps librdkafka's main and broker threads busy until it times out
+/// (its admin worker looks for the controller again on every broker state
+/// change; about 90% of a core here), whereas a metadata request just
+/// waits.
+pub async fn reachable<C: ClientContext + 'static>(
+    admin: &Arc<AdminClient<C>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let a = admin.clone();
+    tokio::task::spawn_blocking(move || {
+        a.inner()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| redact(&e))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Adds the settings of a flow's source consumer that kmirror owns.
