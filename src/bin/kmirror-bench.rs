@@ -173,29 +173,38 @@ fn preload(bootstrap: &str, topic: &str, partitions: i32, n: usize, size: usize)
 /// The raw pipe (child mode): reads `n` records, writes them, exits after
 /// the last acknowledgement. Returns the number written.
 fn raw_pipe(source: &str, target: &str, topic: &str, partitions: i32, n: i64) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", source)
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", source)
         .set("group.id", "raw-pipe")
         .set("enable.auto.commit", "false")
         .set("fetch.queue.backoff.ms", "1")
-        .set("log_level", "3")
-        .create()
-        .unwrap();
+        .set("log_level", "3");
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", target)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("log_level", "3");
+    // KMIRROR_BENCH_RAW=c:k=v,p:k=v sets extra consumer (c:) and producer
+    // (p:) properties of the raw pipe, to tune it.
+    for kv in std::env::var("KMIRROR_BENCH_RAW").unwrap_or_default().split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            match k.split_once(':') {
+                Some(("c", k)) => cc.set(k, v),
+                Some(("p", k)) => pc.set(k, v),
+                _ => panic!("KMIRROR_BENCH_RAW: {kv}: want c:key=value or p:key=value"),
+            };
+        }
+    }
+    let c: BaseConsumer = cc.create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     c.assign(&tpl).unwrap();
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", target)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("batch.size", "1000000")
-        .set("log_level", "3")
-        .create()
-        .unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> = pc.create().unwrap();
     let out = format!("raw.{topic}");
     let mut sent = 0i64;
     while sent < n {

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -199,7 +200,47 @@ impl Slot {
 }
 
 /// The consume loop's memo of the last slot looked up.
-type SlotCache = Option<(u64, usize, Arc<Slot>)>;
+type SlotCache = Option<CachedSlot>;
+
+/// A thread's memo of the slot it used last (records and reports come in
+/// runs of one partition), with the metric updates for it that the thread
+/// has not published yet: they are published when the slot changes and on
+/// every housekeeping pass (at least every 100 ms), instead of touching
+/// the shared metrics for every record.
+struct CachedSlot {
+    generation: u64,
+    idx: usize,
+    slot: Arc<Slot>,
+    /// `slot.age` (consume loop) or `slot.latency` (delivery callback).
+    hist: LocalHistogram,
+    records: LocalIntCounter,
+    bytes: LocalIntCounter,
+}
+
+impl CachedSlot {
+    fn new(generation: u64, idx: usize, slot: Arc<Slot>, pick: fn(&Slot) -> &Histogram) -> Self {
+        Self {
+            generation,
+            idx,
+            hist: pick(&slot).local(),
+            records: slot.records.local(),
+            bytes: slot.bytes.local(),
+            slot,
+        }
+    }
+
+    fn flush(&self) {
+        self.hist.flush();
+        self.records.flush();
+        self.bytes.flush();
+    }
+}
+
+impl Drop for CachedSlot {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
 
 /// State shared between the consume loop, the rebalance callback and the
 /// delivery callback.
@@ -268,27 +309,29 @@ impl Shared {
         cache: &'c mut SlotCache,
         topic: &str,
         partition: i32,
-    ) -> Option<(usize, &'c Arc<Slot>)> {
+    ) -> Option<&'c CachedSlot> {
         let generation = self.generation.load(Ordering::Acquire);
-        let hit = matches!(cache, Some((g, _, slot))
-            if *g == generation && slot.partition == partition && slot.topic == topic);
+        let hit = matches!(cache, Some(c)
+            if c.generation == generation && c.slot.partition == partition && c.slot.topic == topic);
         if !hit {
             *cache = self
                 .slot_for(topic, partition)
-                .map(|(i, s)| (generation, i, s));
+                .map(|(i, s)| CachedSlot::new(generation, i, s, |s| &s.age));
         }
-        cache.as_ref().map(|(_, i, s)| (*i, s))
+        cache.as_ref()
     }
 
     /// Like [`Shared::slot`], remembering the last answer (the delivery
     /// callback's reports come in runs of one partition).
-    fn slot_at_cached<'c>(&self, cache: &'c mut SlotCache, idx: usize) -> Option<&'c Arc<Slot>> {
+    fn slot_at_cached<'c>(&self, cache: &'c mut SlotCache, idx: usize) -> Option<&'c CachedSlot> {
         let generation = self.generation.load(Ordering::Acquire);
-        let hit = matches!(cache, Some((g, i, _)) if *g == generation && *i == idx);
+        let hit = matches!(cache, Some(c) if c.generation == generation && c.idx == idx);
         if !hit {
-            *cache = self.slot(idx).map(|s| (generation, idx, s));
+            *cache = self
+                .slot(idx)
+                .map(|s| CachedSlot::new(generation, idx, s, |s| &s.latency));
         }
-        cache.as_ref().map(|(_, _, s)| s)
+        cache.as_ref()
     }
 
     fn slot_for(&self, topic: &str, partition: i32) -> Option<(usize, Arc<Slot>)> {
@@ -455,9 +498,10 @@ impl ProducerContext for DeliveryCtx {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let Some(slot) = sh.slot_at_cached(&mut cache, idx) else {
+        let Some(cached) = sh.slot_at_cached(&mut cache, idx) else {
             return;
         };
+        let slot = &cached.slot;
         match result {
             Ok(m) => {
                 let tgt = m.offset();
@@ -465,10 +509,11 @@ impl ProducerContext for DeliveryCtx {
                 if !failed {
                     slot.ack.acked.fetch_max(src + 1, Ordering::AcqRel);
                 }
-                slot.records.inc();
-                slot.bytes.inc_by(record_size(m) as u64);
+                cached.records.inc();
+                cached.bytes.inc_by(record_size(m) as u64);
                 if let Some(ts) = m.timestamp().to_millis() {
-                    slot.latency
+                    cached
+                        .hist
                         .observe(((now_ms() - ts).max(0) as f64) / 1000.0);
                 }
                 let prev_src = slot.ack.last_src.swap(src, Ordering::AcqRel);
@@ -958,6 +1003,9 @@ impl Replicator {
 
             if last_house.elapsed() >= Duration::from_millis(100) {
                 last_house = Instant::now();
+                if let Some(c) = &cache {
+                    c.flush();
+                }
                 housekeeping(&shared, &consumer, &producer, &mut stopped);
                 m.partitions_paused
                     .with_label_values(&[&flow, "held"])
@@ -1040,6 +1088,16 @@ fn housekeeping(
     let mut store = TopicPartitionList::new();
     let mut stored = Vec::new();
     sh.queue.set(producer.in_flight_count() as i64);
+    if let Some(c) = producer
+        .context()
+        .cache
+        .lock()
+        .ok()
+        .as_ref()
+        .and_then(|c| c.as_ref())
+    {
+        c.flush();
+    }
     for (_, slot) in &slots {
         slot.ack_skipped();
         let acked = slot.commit_position();
@@ -1153,17 +1211,20 @@ fn forward(
     provenance_add: Option<&str>,
     shutdown: &CancellationToken,
 ) {
-    let Some((idx, slot)) = sh.slot_cached(cache, msg.topic(), msg.partition()) else {
+    let Some(cached) = sh.slot_cached(cache, msg.topic(), msg.partition()) else {
         debug!(flow = %sh.flow, topic = msg.topic(), partition = msg.partition(), "record of an unassigned partition ignored (not committed)");
         return;
     };
+    let (idx, slot) = (cached.idx, &cached.slot);
     if slot.target.is_empty() || slot.failed() {
         return;
     }
     let offset = msg.offset();
     let ts = msg.timestamp().to_millis();
     if let Some(ts) = ts {
-        slot.age.observe(((now_ms() - ts).max(0) as f64) / 1000.0);
+        cached
+            .hist
+            .observe(((now_ms() - ts).max(0) as f64) / 1000.0);
     }
     if let (Some(skip), Some(hs)) = (provenance_skip, msg.headers()) {
         let from_target = hs
