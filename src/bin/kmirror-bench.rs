@@ -188,7 +188,10 @@ fn raw_pipe(source: &str, target: &str, topic: &str, partitions: i32, n: i64) ->
         .set("log_level", "3");
     // KMIRROR_BENCH_RAW=c:k=v,p:k=v sets extra consumer (c:) and producer
     // (p:) properties of the raw pipe, to tune it.
-    for kv in std::env::var("KMIRROR_BENCH_RAW").unwrap_or_default().split(',') {
+    for kv in std::env::var("KMIRROR_BENCH_RAW")
+        .unwrap_or_default()
+        .split(',')
+    {
         if let Some((k, v)) = kv.split_once('=') {
             match k.split_once(':') {
                 Some(("c", k)) => cc.set(k, v),
@@ -369,7 +372,7 @@ fn kmirror_round(
     topic: &str,
     partitions: i32,
     n: i64,
-    round: usize,
+    flow: &str,
 ) -> Result<(Figures, Child, Nisshi, String), String> {
     let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
     dst.create_topic(&format!("src.{topic}"), partitions, &[])?;
@@ -380,7 +383,7 @@ fn kmirror_round(
         &dst.bootstrap(),
         topic,
         &listen,
-        &format!("bench{round}"),
+        flow,
     );
     let mut threads = Vec::new();
     let start = Instant::now();
@@ -390,7 +393,7 @@ fn kmirror_round(
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(
-            std::fs::File::create(dir.join(format!("kmirror{round}.log")))
+            std::fs::File::create(dir.join(format!("kmirror-{flow}.log")))
                 .map_err(|e| e.to_string())?,
         )
         .spawn()
@@ -540,17 +543,34 @@ fn run(a: &Args) -> Result<(), String> {
     // already holding the other's gigabyte is markedly slower). The last
     // kmirror keeps running for the latency phase.
     let mut pairs: Vec<(Figures, Figures)> = Vec::new();
-    let mut last: Option<(Child, Nisshi, String)> = None;
+    let run_kmirror = |round: usize| -> Result<Figures, String> {
+        let (fig, mut km, dst, _) = kmirror_round(
+            &kmirror,
+            &dir,
+            &src,
+            topic,
+            a.partitions,
+            n,
+            &format!("bench{round}"),
+        )?;
+        let _ = km.kill();
+        let _ = km.wait();
+        drop(dst);
+        row(&format!("kmirror #{round}"), &fig);
+        Ok(fig)
+    };
     for round in 1..=a.rounds {
-        let raw = raw_round(&me, &dir, &src, topic, a.partitions, n)?;
-        row(&format!("raw pipe #{round}"), &raw);
-        if let Some((mut km, _, _)) = last.take() {
-            let _ = km.kill();
-            let _ = km.wait();
-        }
-        let (kfig, km, dst, listen) =
-            kmirror_round(&kmirror, &dir, &src, topic, a.partitions, n, round)?;
-        row(&format!("kmirror #{round}"), &kfig);
+        // Odd rounds run the raw pipe first, even rounds kmirror first.
+        let (raw, kfig) = if round % 2 == 1 {
+            let raw = raw_round(&me, &dir, &src, topic, a.partitions, n)?;
+            row(&format!("raw pipe #{round}"), &raw);
+            (raw, run_kmirror(round)?)
+        } else {
+            let kfig = run_kmirror(round)?;
+            let raw = raw_round(&me, &dir, &src, topic, a.partitions, n)?;
+            row(&format!("raw pipe #{round}"), &raw);
+            (raw, kfig)
+        };
         println!(
             "{:<14} throughput {:.2}, CPU-s/GB {:.2}",
             format!("ratio #{round}"),
@@ -558,9 +578,10 @@ fn run(a: &Args) -> Result<(), String> {
             kfig.cpu / raw.cpu
         );
         pairs.push((raw, kfig));
-        last = Some((km, dst, listen));
     }
-    let (mut km, dst, listen) = last.ok_or("no round ran (--rounds 0)")?;
+    if pairs.is_empty() {
+        return Err("--rounds must be at least 1".into());
+    }
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
@@ -572,8 +593,13 @@ fn run(a: &Args) -> Result<(), String> {
         pairs.len()
     );
 
-    // Latency: steady 2,000 records/s for 5 s while kmirror runs.
-    std::thread::sleep(Duration::from_secs(2));
+    // Latency: steady 2,000 records/s for 5 s into a topic of its own,
+    // mirrored by a kmirror that has nothing else to do.
+    let lat_topic = "bench-latency";
+    src.create_topic(lat_topic, a.partitions, &[])?;
+    let (_, mut km, dst, listen) =
+        kmirror_round(&kmirror, &dir, &src, lat_topic, a.partitions, 0, "latency")?;
+    std::thread::sleep(Duration::from_secs(3));
     let before = latency_buckets(&metrics_text(&listen));
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", src.bootstrap())
@@ -585,16 +611,17 @@ fn run(a: &Args) -> Result<(), String> {
     for i in 0..10_000 {
         let key = format!("lat{i}");
         let rec: BaseRecord<'_, String, [u8]> =
-            BaseRecord::to(topic).key(&key).payload(&payload[..]);
+            BaseRecord::to(lat_topic).key(&key).payload(&payload[..]);
         let _ = p.send(rec);
         if i % 20 == 19 {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
     let _ = p.flush(Duration::from_secs(30));
-    let want = n + 10_000;
+    let want = 10_000;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while records_in(&dst.bootstrap(), &format!("src.{topic}")) < want && Instant::now() < deadline
+    while records_in(&dst.bootstrap(), &format!("src.{lat_topic}")) < want
+        && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -577,6 +577,9 @@ struct FlowConsumerCtx {
     drain_timeout: Duration,
     /// Partitions assigned since the loop last looked (to hold or resume).
     newly_assigned: Mutex<Vec<(String, i32)>>,
+    /// Set with `newly_assigned` (the loop checks this flag per record,
+    /// not the lock).
+    has_new: AtomicBool,
 }
 
 impl ClientContext for FlowConsumerCtx {
@@ -719,6 +722,7 @@ impl FlowConsumerCtx {
         if let Ok(mut n) = self.newly_assigned.lock() {
             n.extend(parts);
         }
+        self.has_new.store(true, Ordering::Release);
     }
 
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -920,6 +924,7 @@ impl Replicator {
                 eos,
                 drain_timeout: self.runtime.shutdown_timeout,
                 newly_assigned: Mutex::new(Vec::new()),
+                has_new: AtomicBool::new(false),
             },
         )?;
         info!(flow = %flow, group = %group, delivery = %self.flow.delivery, "flow started");
@@ -928,6 +933,7 @@ impl Replicator {
         let mut held: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut stopped: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut last_house = Instant::now();
+        let mut since_clock = 0u32;
         let mut cache: SlotCache = None;
         let provenance_skip = self
             .flow
@@ -976,12 +982,18 @@ impl Replicator {
                     }
                 }
             }
-            let newly: Vec<(String, i32)> = consumer
-                .context()
-                .newly_assigned
-                .lock()
-                .map(|mut n| std::mem::take(&mut *n))
-                .unwrap_or_default();
+            // (Assignments happen inside `poll`, on this thread.)
+            let newly: Vec<(String, i32)> =
+                if consumer.context().has_new.swap(false, Ordering::AcqRel) {
+                    consumer
+                        .context()
+                        .newly_assigned
+                        .lock()
+                        .map(|mut n| std::mem::take(&mut *n))
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
             if !newly.is_empty() {
                 let set = shared.mirror.lock().map(|m| m.clone()).unwrap_or_default();
                 for (t, p) in newly {
@@ -1001,7 +1013,13 @@ impl Replicator {
                 }
             }
 
-            if last_house.elapsed() >= Duration::from_millis(100) {
+            // The clock is read after an empty poll and every 64 records.
+            since_clock += 1;
+            let due = since_clock >= 64 && last_house.elapsed() >= Duration::from_millis(100);
+            if since_clock >= 64 {
+                since_clock = 0;
+            }
+            if due {
                 last_house = Instant::now();
                 if let Some(c) = &cache {
                     c.flush();
@@ -1018,7 +1036,10 @@ impl Replicator {
             }
 
             let msg = match consumer.poll(Duration::from_millis(100)) {
-                None => continue,
+                None => {
+                    since_clock = 64;
+                    continue;
+                }
                 Some(Err(e)) => {
                     m.errors.with_label_values(&[&flow, "consume"]).inc();
                     if let Some(suppressed) = shared.throttle.allow("consume") {
@@ -1226,7 +1247,8 @@ fn forward(
             .hist
             .observe(((now_ms() - ts).max(0) as f64) / 1000.0);
     }
-    if let (Some(skip), Some(hs)) = (provenance_skip, msg.headers()) {
+    // (Headers are parsed only when provenance is on.)
+    if let Some((skip, hs)) = provenance_skip.and_then(|s| Some((s, msg.headers()?))) {
         let from_target = hs
             .iter()
             .any(|h| h.key == PROVENANCE_HEADER && h.value == Some(skip.as_bytes()));
