@@ -2,7 +2,7 @@
 //! one run, on two local nisshi brokers.
 //!
 //! ```text
-//! cargo run --release --bin kmirror-bench -- [--records N] [--size BYTES] [--partitions P] [--rss-partitions P2] [--rounds R]
+//! cargo run --release --bin kmirror-bench -- [--records N] [--size BYTES] [--partitions P] [--rss-partitions P2] [--rss-records N2] [--rounds R]
 //! ```
 //!
 //! Both contenders run as child processes, so that their CPU time
@@ -17,7 +17,8 @@
 //! 2-core machine single runs vary by ±20%.
 //! Then a latency phase (records produced at a steady rate while kmirror
 //! runs; p50/p99 from `kmirror_replication_latency_seconds`) and an RSS
-//! phase with many partitions.
+//! phase with many partitions (`--rss-records` records of each, a backlog
+//! that fills kmirror's queues).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,6 +37,7 @@ struct Args {
     partitions: i32,
     rss_partitions: i32,
     rounds: usize,
+    rss_records: usize,
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -66,6 +68,7 @@ fn main() {
         partitions: arg(&args, "--partitions", 8),
         rss_partitions: arg(&args, "--rss-partitions", 1000),
         rounds: arg(&args, "--rounds", 3),
+        rss_records: arg(&args, "--rss-records", 200),
     };
     if let Err(e) = run(&a) {
         eprintln!("bench failed: {e}");
@@ -642,7 +645,7 @@ fn run(a: &Args) -> Result<(), String> {
         let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("many-dst.log"))?;
         src.create_topic(many, a.rss_partitions, &[])?;
         dst.create_topic(&format!("src.{many}"), a.rss_partitions, &[])?;
-        let per = 20usize;
+        let per = a.rss_records;
         preload(
             &src.bootstrap(),
             many,
@@ -679,8 +682,9 @@ fn run(a: &Args) -> Result<(), String> {
         let _ = km.kill();
         let _ = km.wait();
         println!(
-            "kmirror peak RSS with {} partitions: {:.1} MiB (target <= 100 MiB)",
+            "kmirror peak RSS with {} partitions and a backlog of {} records of each: {:.1} MiB (target <= 100 MiB)",
             a.rss_partitions,
+            per,
             rss.max(rss2) as f64 / 1048576.0
         );
     }

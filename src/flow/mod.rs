@@ -148,14 +148,15 @@ struct Progress {
 impl Slot {
     /// Records handed to the producer and not yet reported.
     fn inflight(&self) -> i64 {
-        self.sent.load(Ordering::SeqCst) - self.ack.done.load(Ordering::SeqCst)
+        self.sent.load(Ordering::Acquire) - self.ack.done.load(Ordering::Acquire)
     }
 
     /// After the last report of a partition: records skipped since
-    /// (provenance) are done too. Called by whichever thread sees the
-    /// partition idle; `skip_to` is read before `sent` (see `forward`).
+    /// (provenance) are done too. Called after each report, after each
+    /// skip and on every housekeeping pass (which catches the case where
+    /// the first two raced and neither saw the partition idle).
     fn ack_skipped(&self) {
-        let skip = self.skip_to.load(Ordering::SeqCst);
+        let skip = self.skip_to.load(Ordering::Acquire);
         if skip >= 0 && !self.failed() && self.inflight() == 0 {
             self.ack.acked.fetch_max(skip, Ordering::AcqRel);
         }
@@ -516,8 +517,12 @@ impl ProducerContext for DeliveryCtx {
                         .hist
                         .observe(((now_ms() - ts).max(0) as f64) / 1000.0);
                 }
-                let prev_src = slot.ack.last_src.swap(src, Ordering::AcqRel);
-                let prev_tgt = slot.ack.last_tgt.swap(tgt, Ordering::AcqRel);
+                // Fields only this callback writes: plain loads and
+                // stores, no locked instructions.
+                let prev_src = slot.ack.last_src.load(Ordering::Relaxed);
+                let prev_tgt = slot.ack.last_tgt.load(Ordering::Relaxed);
+                slot.ack.last_src.store(src, Ordering::Release);
+                slot.ack.last_tgt.store(tgt, Ordering::Release);
                 if prev_src >= 0
                     && src == prev_src + 1
                     && tgt > prev_tgt + 1
@@ -543,8 +548,12 @@ impl ProducerContext for DeliveryCtx {
                 // that translation knows no record lies between them);
                 // and every SYNC_EVERY records.
                 let delta = tgt - src;
-                let n = slot.ack.since_sync.fetch_add(1, Ordering::AcqRel) + 1;
-                let changed = slot.ack.last_delta.swap(delta, Ordering::AcqRel) != delta;
+                // (An idle point may reset `since_sync` meanwhile; losing
+                // that reset only brings the next point forward.)
+                let n = slot.ack.since_sync.load(Ordering::Relaxed) + 1;
+                slot.ack.since_sync.store(n, Ordering::Relaxed);
+                let changed = slot.ack.last_delta.load(Ordering::Relaxed) != delta;
+                slot.ack.last_delta.store(delta, Ordering::Relaxed);
                 // ... and at least once a second, so that commits (which
                 // wait for a point) keep moving.
                 let now = now_ms();
@@ -563,7 +572,8 @@ impl ProducerContext for DeliveryCtx {
             }
             Err((e, m)) => slot.refuse(src, e, record_size(m)),
         }
-        slot.ack.done.fetch_add(1, Ordering::SeqCst);
+        let done = slot.ack.done.load(Ordering::Relaxed) + 1;
+        slot.ack.done.store(done, Ordering::Release);
         slot.ack_skipped();
     }
 }
@@ -1253,10 +1263,7 @@ fn forward(
             .iter()
             .any(|h| h.key == PROVENANCE_HEADER && h.value == Some(skip.as_bytes()));
         if from_target {
-            // Written before `ack_skipped` reads `sent` and `done`; the
-            // delivery callback bumps `done` before it reads `skip_to`: so
-            // one of the two sees the partition idle with this skip.
-            slot.skip_to.fetch_max(offset + 1, Ordering::SeqCst);
+            slot.skip_to.fetch_max(offset + 1, Ordering::AcqRel);
             slot.ack_skipped();
             return;
         }
@@ -1284,7 +1291,9 @@ fn forward(
     if let Some(h) = headers {
         rec = rec.headers(h);
     }
-    slot.sent.fetch_add(1, Ordering::SeqCst);
+    // `sent` has one writer, this thread: no locked instruction.
+    slot.sent
+        .store(slot.sent.load(Ordering::Relaxed) + 1, Ordering::Release);
     let mut waited = false;
     let mut backoff = Duration::from_millis(1);
     let mut waited_for = Duration::ZERO;
@@ -1312,7 +1321,8 @@ fn forward(
                     if shutdown.is_cancelled() {
                         // Not sent, so not acknowledged: it is not committed
                         // and will be read again after the restart.
-                        slot.sent.fetch_sub(1, Ordering::SeqCst);
+                        slot.sent
+                            .store(slot.sent.load(Ordering::Relaxed) - 1, Ordering::Release);
                         return;
                     }
                     std::thread::sleep(backoff);
@@ -1327,7 +1337,8 @@ fn forward(
             }
             Err((e, _)) => {
                 slot.refuse(offset, &e, record_size(msg));
-                slot.sent.fetch_sub(1, Ordering::SeqCst);
+                slot.sent
+                    .store(slot.sent.load(Ordering::Relaxed) - 1, Ordering::Release);
                 return;
             }
         }
