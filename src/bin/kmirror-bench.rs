@@ -287,7 +287,7 @@ fn wait_child_until(
 }
 
 /// `KMIRROR_BENCH_PERF=PREFIX` attaches `perf record` to each contender
-/// for its throughput phase, writing `PREFIX.raw` and `PREFIX.kmirror`
+/// for its throughput phase, writing `PREFIX.raw` and `PREFIX.kmirror-<flow>`
 /// (perf's own CPU is not counted in the contender's).
 fn perf_attach(child: &Child, name: &str) -> Option<Child> {
     let prefix = std::env::var("KMIRROR_BENCH_PERF").ok()?;
@@ -401,7 +401,7 @@ fn kmirror_round(
         )
         .spawn()
         .map_err(|e| e.to_string())?;
-    let perf = perf_attach(&km, "kmirror");
+    let perf = perf_attach(&km, &format!("kmirror-{flow}"));
     let (cpu, rss, steady) = wait_child_until(
         &mut km,
         || records_in(&dst.bootstrap(), &format!("src.{topic}")),
