@@ -149,6 +149,29 @@ fn wait_checkpoints(cfg: &std::path::Path, group: &str, want_upstream: &[i64], k
     }
 }
 
+/// DeleteRecords: each (partition, offset) loses the records before offset.
+fn delete_records(b: &Broker, topic: &str, before: &[(i32, i64)]) {
+    let mut del = TopicPartitionList::new();
+    for (p, o) in before {
+        del.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(
+            b.admin()
+                .delete_records(&del, &rdkafka::admin::AdminOptions::new()),
+        )
+        .expect("DeleteRecords");
+    for e in res.elements() {
+        e.error()
+            .unwrap_or_else(|err| panic!("DeleteRecords {}: {err}", e.partition()));
+    }
+}
+
 fn flow(topic: &str, extra: &str) -> String {
     flow_toml(
         "",
@@ -281,23 +304,7 @@ fn failover_with_offset_gaps_and_a_restart_is_exact() {
     src.create_topic(&topic, 3, &[]);
     src.produce(&topic, &numbered(0, 3000, 3));
     // Records deleted on the source before mirroring starts.
-    let admin = src.admin();
-    let mut del = TopicPartitionList::new();
-    del.add_partition_offset(&topic, 0, Offset::Offset(200))
-        .unwrap();
-    del.add_partition_offset(&topic, 1, Offset::Offset(500))
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let res = rt
-        .block_on(admin.delete_records(&del, &rdkafka::admin::AdminOptions::new()))
-        .expect("DeleteRecords");
-    for e in res.elements() {
-        e.error()
-            .unwrap_or_else(|err| panic!("DeleteRecords {}: {err}", e.partition()));
-    }
+    delete_records(&src, &topic, &[(0, 200), (1, 500)]);
     // The target topic already holds other records, a different number per partition.
     dst.create_topic(&target, 3, &[]);
     let foreign = |n: usize, p: i32| -> Vec<Rec> {
@@ -434,5 +441,52 @@ fn failover_is_exact_after_kmirror_was_killed_mid_stream() {
     let (code, out) = apply(&cfg, "app-crash", false);
     assert_eq!(code, 0, "{out}");
     let after = consume_rest(&dst, "app-crash", &target, 3);
+    assert_exact(&src, &topic, &commits, &after);
+}
+
+/// A process killed before it wrote any offset-sync point (here: the
+/// points deleted from the internal topic) leaves the records it mirrored
+/// without points; the exactly-once resume of the next process finds them
+/// in the target and writes their points, so translation stays exact.
+#[test]
+fn exactly_once_resume_writes_the_points_of_records_found_in_the_target() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("lostpts");
+    let target = format!("src.{topic}");
+    src.create_topic(&topic, 3, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &src,
+        &dst,
+        &flow(
+            &topic,
+            "delivery = \"exactly-once\"\n\n[runtime]\ngroup_instance_id = \"lost-points\"\n",
+        ),
+    );
+    let log = dir.path().join("kmirror.log");
+    let mut k = KmirrorProc::start(&cfg, &log);
+    src.produce(&topic, &numbered(0, 900, 3));
+    wait_count(&dst, &target, 900, Duration::from_secs(60), &k);
+    k.kill9();
+    let syncs = "kmirror-offset-syncs.src.internal";
+    let n = count(&dst, syncs);
+    assert!(n > 0, "the first process wrote points");
+    delete_records(&dst, syncs, &[(0, n)]);
+    assert_eq!(count(&dst, syncs), 0);
+
+    let commits = [100, 150, 299];
+    commit_group(&src, "app-lost", &topic, &commits);
+    let k = KmirrorProc::start(&cfg, &log);
+    wait_checkpoints(&cfg, "app-lost", &commits, &k);
+    assert!(
+        k.log_text().contains("points=2"),
+        "the resume wrote the two ends of each partition's run: {}",
+        k.log_text()
+    );
+    let (code, out) = apply(&cfg, "app-lost", false);
+    assert_eq!(code, 0, "{out}");
+    let after = consume_rest(&dst, "app-lost", &target, 3);
     assert_exact(&src, &topic, &commits, &after);
 }

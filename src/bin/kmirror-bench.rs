@@ -245,6 +245,8 @@ struct Figures {
     /// Seconds from the first record in the target to the last.
     steady: f64,
     cpu: f64,
+    /// CPU seconds until the first record was in the target.
+    startup_cpu: f64,
     rss: u64,
 }
 
@@ -254,10 +256,11 @@ fn wait_child_until(
     n: i64,
     timeout: Duration,
     threads: &mut Vec<(u32, String, f64)>,
-) -> Result<(f64, u64, f64), String> {
+) -> Result<(f64, u64, f64, f64), String> {
     let deadline = Instant::now() + timeout;
     let mut last = (0.0, 0);
     let mut first: Option<Instant> = None;
+    let mut startup_cpu = 0.0;
     loop {
         let s = proc_stats(child.id());
         if s.0 > 0.0 || s.1 > 0 {
@@ -270,11 +273,13 @@ fn wait_child_until(
         let have = progress();
         if have > 0 && first.is_none() {
             first = Some(Instant::now());
+            // CPU until the first record is in the target (start-up).
+            startup_cpu = last.0;
         }
         if have >= n {
             // Seconds from the first record seen in the target to the last.
             let steady = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-            return Ok((last.0, last.1, steady));
+            return Ok((last.0, last.1, steady, startup_cpu));
         }
         if let Ok(Some(st)) = child.try_wait() {
             return Err(format!("process exited early: {st}"));
@@ -348,7 +353,7 @@ fn raw_round(
         .spawn()
         .map_err(|e| e.to_string())?;
     let perf = perf_attach(&pipe, "raw");
-    let (cpu, rss, steady) = wait_child_until(
+    let (cpu, rss, steady, startup_cpu) = wait_child_until(
         &mut pipe,
         || records_in(&dst.bootstrap(), &format!("raw.{topic}")),
         n,
@@ -362,6 +367,7 @@ fn raw_round(
         secs: start.elapsed().as_secs_f64(),
         steady,
         cpu,
+        startup_cpu,
         rss,
     })
 }
@@ -402,7 +408,7 @@ fn kmirror_round(
         .spawn()
         .map_err(|e| e.to_string())?;
     let perf = perf_attach(&km, &format!("kmirror-{flow}"));
-    let (cpu, rss, steady) = wait_child_until(
+    let (cpu, rss, steady, startup_cpu) = wait_child_until(
         &mut km,
         || records_in(&dst.bootstrap(), &format!("src.{topic}")),
         n,
@@ -415,6 +421,7 @@ fn kmirror_round(
         secs: start.elapsed().as_secs_f64(),
         steady,
         cpu,
+        startup_cpu,
         rss,
     };
     Ok((fig, km, dst, listen))
@@ -531,10 +538,11 @@ fn run(a: &Args) -> Result<(), String> {
 
     let row = |name: &str, f: &Figures| {
         println!(
-            "{name:<14} {:>9.0} rec/s {:>8.1} MB/s {:>7.2} CPU-s {:>7.2} CPU-s/GB {:>8.1} MiB peak RSS {:>6.2}s wall incl. start-up",
+            "{name:<14} {:>9.0} rec/s {:>8.1} MB/s {:>7.2} CPU-s ({:.2} to the first record) {:>7.2} CPU-s/GB {:>8.1} MiB peak RSS {:>6.2}s wall incl. start-up",
             n as f64 / f.steady,
             gb * 1000.0 / f.steady,
             f.cpu,
+            f.startup_cpu,
             f.cpu / gb,
             f.rss as f64 / 1048576.0,
             f.secs
@@ -670,7 +678,7 @@ fn run(a: &Args) -> Result<(), String> {
             .spawn()
             .map_err(|e| e.to_string())?;
         let want = (per * a.rss_partitions as usize) as i64;
-        let (_, rss, _) = wait_child_until(
+        let (_, rss, _, _) = wait_child_until(
             &mut km,
             || records_in(&dst.bootstrap(), &format!("src.{many}")),
             want,

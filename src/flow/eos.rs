@@ -34,6 +34,9 @@ use crate::offsets::codec::OffsetSync;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Offset-sync points as (source offset, target offset) pairs.
+pub type Points = Vec<(i64, i64)>;
+
 /// Derives resume positions; owns two group-less readers.
 pub struct Resolver {
     source: BaseConsumer<KContext>,
@@ -117,14 +120,17 @@ impl Resolver {
     }
 
     /// The source offset to resume `partition` from, or `None` when the
-    /// target holds nothing of it (start from the committed offset).
+    /// target holds nothing of it (start from the committed offset); with
+    /// the offset-sync points of the records the walk matched (see
+    /// [`walk`]), which a process killed before it persisted them had not
+    /// written.
     pub fn resume(
         &mut self,
         source_topic: &str,
         target_topic: &str,
         partition: i32,
         own_last_sync: Option<(i64, i64)>,
-    ) -> Result<Option<i64>, String> {
+    ) -> Result<Option<(i64, Points)>, String> {
         self.catch_up_syncs()?;
         let persisted = self
             .syncs
@@ -143,14 +149,14 @@ impl Resolver {
             .fetch_watermarks(source_topic, partition, READ_TIMEOUT)
             .map_err(|e| format!("source watermarks of {source_topic}/{partition}: {e}"))?;
         if thi <= tlo {
-            return Ok(last.map(|(s, _)| s + 1));
+            return Ok(last.map(|(s, _)| (s + 1, Vec::new())));
         }
         let (s_from, t_from) = match last {
             Some((s, t)) if t >= tlo && t < thi => (s + 1, t + 1),
             _ => (slo, tlo),
         };
         if t_from >= thi {
-            return Ok(Some(s_from));
+            return Ok(Some((s_from, Vec::new())));
         }
         let targets = read(&self.target, target_topic, partition, t_from, thi)?;
         let s_to = shi.min(s_from.saturating_add(targets.len() as i64 * 2 + 1024));
@@ -168,15 +174,21 @@ impl Resolver {
     }
 }
 
-/// The walk of step 2: returns the first source offset not in `targets`.
+/// The walk of step 2: returns the first source offset not in `targets`,
+/// and offset-sync points for the matched records: the first and the last
+/// (source, target) pair of each run of constant offset delta, the points
+/// the delivery path writes (see `offsets::store::translate`).
 pub fn walk(
     sources: &[OwnedMessage],
     targets: &[OwnedMessage],
     s_from: i64,
     skip_alias: Option<&str>,
-) -> i64 {
+) -> (i64, Points) {
     let mut pos = s_from;
     let mut si = 0;
+    let mut points: Points = Vec::new();
+    // The last matched pair, when it is not in `points` yet.
+    let mut run_end: Option<(i64, i64)> = None;
     for t in targets {
         while si < sources.len() {
             let s = &sources[si];
@@ -192,6 +204,15 @@ pub fn walk(
                 continue;
             }
             if same_record(s, t) {
+                let pair = (s.offset(), t.offset());
+                let prev = run_end.or(points.last().copied());
+                match prev {
+                    Some(p) if p.1 - p.0 == pair.1 - pair.0 => run_end = Some(pair),
+                    _ => {
+                        points.extend(run_end.take());
+                        points.push(pair);
+                    }
+                }
                 pos = s.offset() + 1;
                 si += 1;
             }
@@ -200,7 +221,8 @@ pub fn walk(
             break;
         }
     }
-    pos
+    points.extend(run_end);
+    (pos, points)
 }
 
 #[cfg(test)]
@@ -240,8 +262,16 @@ mod tests {
             rec(101, "b", None),
             rec(102, "c", None),
         ];
-        assert_eq!(walk(&src, &tgt, 10, None), 14);
-        assert_eq!(walk(&src, &[], 10, None), 10);
+        // Points: the run 10..11 (delta 90), then 13 (delta 89).
+        assert_eq!(
+            walk(&src, &tgt, 10, None),
+            (14, vec![(10, 100), (11, 101), (13, 102)])
+        );
+        assert_eq!(walk(&src, &[], 10, None), (10, vec![]));
+        // A long run of one delta is described by its two ends.
+        let src: Vec<_> = (0..5).map(|i| rec(i, &format!("k{i}"), None)).collect();
+        let tgt: Vec<_> = (0..5).map(|i| rec(i + 7, &format!("k{i}"), None)).collect();
+        assert_eq!(walk(&src, &tgt, 0, None), (5, vec![(0, 7), (4, 11)]));
     }
 
     #[test]
@@ -253,7 +283,7 @@ mod tests {
             rec(7, "y", None),
             rec(8, "b", None),
         ];
-        assert_eq!(walk(&src, &tgt, 0, None), 2);
+        assert_eq!(walk(&src, &tgt, 0, None), (2, vec![(0, 6), (1, 8)]));
     }
 
     #[test]
@@ -265,6 +295,6 @@ mod tests {
             rec(3, "c", None),
         ];
         let tgt = vec![rec(0, "a", Some("east")), rec(1, "b", Some("east"))];
-        assert_eq!(walk(&src, &tgt, 0, Some("west")), 3);
+        assert_eq!(walk(&src, &tgt, 0, Some("west")), (3, vec![(0, 0), (2, 1)]));
     }
 }

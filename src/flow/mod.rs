@@ -203,6 +203,22 @@ impl Slot {
 /// The consume loop's memo of the last slot looked up.
 type SlotCache = Option<CachedSlot>;
 
+/// What the consume loop and the delivery callback each keep between
+/// records: the last slot, whose metrics are published on every
+/// housekeeping pass.
+#[derive(Default)]
+struct PerThread {
+    slot: SlotCache,
+}
+
+impl PerThread {
+    fn housekeep(&mut self) {
+        if let Some(c) = &self.slot {
+            c.flush();
+        }
+    }
+}
+
 /// A thread's memo of the slot it used last (records and reports come in
 /// runs of one partition), with the metric updates for it that the thread
 /// has not published yet: they are published when the slot changes and on
@@ -429,7 +445,7 @@ struct DeliveryCtx {
     shared: Arc<Shared>,
     /// The delivery callback's memo of the last slot (only that thread
     /// locks it).
-    cache: Mutex<SlotCache>,
+    cache: Mutex<PerThread>,
 }
 
 impl ClientContext for DeliveryCtx {
@@ -495,17 +511,19 @@ impl ProducerContext for DeliveryCtx {
         }
         let idx = opaque >> OFFSET_BITS;
         let src = (opaque & OFFSET_MASK) as i64;
-        let mut cache = match self.cache.lock() {
+        let mut local = match self.cache.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let Some(cached) = sh.slot_at_cached(&mut cache, idx) else {
+        let Some(cached) = sh.slot_at_cached(&mut local.slot, idx) else {
             return;
         };
         let slot = &cached.slot;
         match result {
             Ok(m) => {
                 let tgt = m.offset();
+                // One clock read per report (latency and the point timer).
+                let now = now_ms();
                 let failed = slot.failed();
                 if !failed {
                     slot.ack.acked.fetch_max(src + 1, Ordering::AcqRel);
@@ -513,9 +531,7 @@ impl ProducerContext for DeliveryCtx {
                 cached.records.inc();
                 cached.bytes.inc_by(record_size(m) as u64);
                 if let Some(ts) = m.timestamp().to_millis() {
-                    cached
-                        .hist
-                        .observe(((now_ms() - ts).max(0) as f64) / 1000.0);
+                    cached.hist.observe(((now - ts).max(0) as f64) / 1000.0);
                 }
                 // Fields only this callback writes: plain loads and
                 // stores, no locked instructions.
@@ -556,7 +572,6 @@ impl ProducerContext for DeliveryCtx {
                 slot.ack.last_delta.store(delta, Ordering::Relaxed);
                 // ... and at least once a second, so that commits (which
                 // wait for a point) keep moving.
-                let now = now_ms();
                 let due = now - slot.ack.point_ms.load(Ordering::Acquire) >= 1000;
                 if changed || n >= SYNC_EVERY || due {
                     slot.ack.since_sync.store(0, Ordering::Release);
@@ -704,9 +719,24 @@ impl FlowConsumerCtx {
                     .map_err(|e| e.to_string())
                     .and_then(|mut r| r.resume(topic, &target, *p, last));
                 match resolved {
-                    Ok(Some(pos)) => {
-                        info!(flow = %self.shared.flow, topic = %topic, partition = p, offset = pos, "exactly-once: resuming after the last record found in the target");
+                    Ok(Some((pos, points))) => {
+                        info!(flow = %self.shared.flow, topic = %topic, partition = p, offset = pos, points = points.len(), "exactly-once: resuming after the last record found in the target");
                         let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(pos));
+                        // Points for the records found: a process killed
+                        // before it wrote them leaves them untranslatable.
+                        if let Ok(mut pending) = self.shared.pending_syncs.lock() {
+                            pending.extend(points.into_iter().map(|(up, down)| {
+                                (
+                                    NO_SLOT,
+                                    OffsetSync {
+                                        topic: topic.clone(),
+                                        partition: *p,
+                                        upstream_offset: up,
+                                        downstream_offset: down,
+                                    },
+                                )
+                            }));
+                        }
                     }
                     Ok(None) => {
                         debug!(flow = %self.shared.flow, topic = %topic, partition = p, "exactly-once: target holds nothing of this partition yet; starting from the committed offset");
@@ -902,7 +932,7 @@ impl Replicator {
             &pcfg,
             DeliveryCtx {
                 shared: shared.clone(),
-                cache: Mutex::new(None),
+                cache: Mutex::new(PerThread::default()),
             },
         )?;
 
@@ -944,7 +974,7 @@ impl Replicator {
         let mut stopped: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut last_house = Instant::now();
         let mut since_clock = 0u32;
-        let mut cache: SlotCache = None;
+        let mut local = PerThread::default();
         let provenance_skip = self
             .flow
             .provenance_header
@@ -993,17 +1023,18 @@ impl Replicator {
                 }
             }
             // (Assignments happen inside `poll`, on this thread.)
-            let newly: Vec<(String, i32)> =
-                if consumer.context().has_new.swap(false, Ordering::AcqRel) {
-                    consumer
-                        .context()
-                        .newly_assigned
-                        .lock()
-                        .map(|mut n| std::mem::take(&mut *n))
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
+            let newly: Vec<(String, i32)> = if consumer.context().has_new.load(Ordering::Relaxed)
+                && consumer.context().has_new.swap(false, Ordering::AcqRel)
+            {
+                consumer
+                    .context()
+                    .newly_assigned
+                    .lock()
+                    .map(|mut n| std::mem::take(&mut *n))
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             if !newly.is_empty() {
                 let set = shared.mirror.lock().map(|m| m.clone()).unwrap_or_default();
                 for (t, p) in newly {
@@ -1031,9 +1062,7 @@ impl Replicator {
             }
             if due {
                 last_house = Instant::now();
-                if let Some(c) = &cache {
-                    c.flush();
-                }
+                local.housekeep();
                 housekeeping(&shared, &consumer, &producer, &mut stopped);
                 m.partitions_paused
                     .with_label_values(&[&flow, "held"])
@@ -1061,7 +1090,7 @@ impl Replicator {
             };
             forward(
                 &shared,
-                &mut cache,
+                &mut local,
                 &producer,
                 &msg,
                 provenance_skip.as_deref(),
@@ -1119,15 +1148,8 @@ fn housekeeping(
     let mut store = TopicPartitionList::new();
     let mut stored = Vec::new();
     sh.queue.set(producer.in_flight_count() as i64);
-    if let Some(c) = producer
-        .context()
-        .cache
-        .lock()
-        .ok()
-        .as_ref()
-        .and_then(|c| c.as_ref())
-    {
-        c.flush();
+    if let Ok(mut l) = producer.context().cache.lock() {
+        l.housekeep();
     }
     for (_, slot) in &slots {
         slot.ack_skipped();
@@ -1235,14 +1257,14 @@ fn emit_idle_points(sh: &Shared, slots: &[(usize, Arc<Slot>)], force: bool) {
 /// is full (backpressure), never drops it.
 fn forward(
     sh: &Shared,
-    cache: &mut SlotCache,
+    local: &mut PerThread,
     producer: &ThreadedProducer<DeliveryCtx>,
     msg: &BorrowedMessage<'_>,
     provenance_skip: Option<&str>,
     provenance_add: Option<&str>,
     shutdown: &CancellationToken,
 ) {
-    let Some(cached) = sh.slot_cached(cache, msg.topic(), msg.partition()) else {
+    let Some(cached) = sh.slot_cached(&mut local.slot, msg.topic(), msg.partition()) else {
         debug!(flow = %sh.flow, topic = msg.topic(), partition = msg.partition(), "record of an unassigned partition ignored (not committed)");
         return;
     };
