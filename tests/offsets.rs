@@ -470,10 +470,13 @@ fn exactly_once_resume_writes_the_points_of_records_found_in_the_target() {
     src.produce(&topic, &numbered(0, 900, 3));
     wait_count(&dst, &target, 900, Duration::from_secs(60), &k);
     k.kill9();
+    // Whatever points the killed process managed to write are deleted
+    // (it may have written none: the case this test is about).
     let syncs = "kmirror-offset-syncs.src.internal";
     let n = count(&dst, syncs);
-    assert!(n > 0, "the first process wrote points");
-    delete_records(&dst, syncs, &[(0, n)]);
+    if n > 0 {
+        delete_records(&dst, syncs, &[(0, n)]);
+    }
     assert_eq!(count(&dst, syncs), 0);
 
     let commits = [100, 150, 299];
