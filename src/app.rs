@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::AdminClient;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -87,7 +86,7 @@ async fn heartbeats(
     let mut cfg = kafka::client_config(&config.target, Role::Producer, "kmirror-heartbeats");
     kafka::apply_producer_owned(&mut cfg, "none", &config.runtime);
     cfg.set("message.timeout.ms", "30000");
-    let producer: FutureProducer<KContext> = kafka::create(&cfg, KContext::default())?;
+    let producer = kafka::Polled::create(&cfg, KContext::default())?;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -104,18 +103,13 @@ async fn heartbeats(
                 .unwrap_or(0),
         };
         let (k, v) = (hb.key(), hb.value());
-        let rec = FutureRecord::to(HEARTBEATS_TOPIC)
-            .partition(0)
-            .key(&k)
-            .payload(&v)
-            .timestamp(hb.timestamp_ms);
         let sent = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = producer.send(rec, Duration::from_secs(5)) => r,
+            r = kafka::send_acked(&producer, HEARTBEATS_TOPIC, 0, &k, &v, Some(hb.timestamp_ms), Duration::from_secs(5)) => r,
         };
         match sent {
-            Ok(_) => metrics.heartbeats.inc(),
-            Err((e, _)) => {
+            Ok(()) => metrics.heartbeats.inc(),
+            Err(e) => {
                 metrics.errors.with_label_values(&["", "heartbeat"]).inc();
                 warn!(error = %e, "heartbeat not written");
             }

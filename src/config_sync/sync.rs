@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, ResourceSpecifier};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -231,7 +230,7 @@ impl ConfigSync {
         )?);
         let mut cfg = kafka::client_config(&self.target, Role::Producer, "kmirror-config-sync");
         cfg.set("message.timeout.ms", "30000");
-        let producer: FutureProducer<KContext> = kafka::create(&cfg, KContext::default())?;
+        let producer = kafka::Polled::create(&cfg, KContext::default())?;
         let managed_topic = managed_topic(&self.source.alias);
         let mut managed = loop {
             let (t, mt) = (self.target.clone(), managed_topic.clone());
@@ -394,17 +393,23 @@ impl ConfigSync {
 
     async fn save_managed(
         &self,
-        p: &FutureProducer<KContext>,
+        p: &kafka::Polled<KContext>,
         topic: &str,
         target: &str,
         keys: &BTreeSet<String>,
     ) {
         let value = serde_json::to_vec(keys).unwrap_or_default();
-        let rec = FutureRecord::to(topic)
-            .partition(0)
-            .key(target)
-            .payload(&value);
-        if let Err((e, _)) = p.send(rec, Duration::from_secs(10)).await {
+        let sent = kafka::send_acked(
+            p,
+            topic,
+            0,
+            target.as_bytes(),
+            &value,
+            None,
+            Duration::from_secs(10),
+        )
+        .await;
+        if let Err(e) = sent {
             warn!(flow = %self.flow.name, error = %e, "config sync: cannot persist the managed properties of {target}");
         }
     }

@@ -31,7 +31,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use tokio::sync::watch;
@@ -597,7 +597,7 @@ impl ProducerContext for DeliveryCtx {
 /// exactly-once resume on assign) and lag from librdkafka statistics.
 struct FlowConsumerCtx {
     shared: Arc<Shared>,
-    producer: Mutex<Option<ThreadedProducer<DeliveryCtx>>>,
+    producer: Mutex<Option<kafka::Polled<DeliveryCtx>>>,
     eos: Option<Mutex<eos::Resolver>>,
     drain_timeout: Duration,
     /// Partitions assigned since the loop last looked (to hold or resume).
@@ -685,7 +685,7 @@ impl ClientContext for FlowConsumerCtx {
 }
 
 impl FlowConsumerCtx {
-    fn producer(&self) -> Option<ThreadedProducer<DeliveryCtx>> {
+    fn producer(&self) -> Option<kafka::Polled<DeliveryCtx>> {
         self.producer.lock().ok().and_then(|p| p.clone())
     }
 
@@ -832,7 +832,7 @@ impl ConsumerContext for FlowConsumerCtx {
     }
 }
 
-fn produce_syncs(sh: &Shared, producer: &ThreadedProducer<DeliveryCtx>) {
+fn produce_syncs(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>) {
     let syncs: Vec<(usize, OffsetSync)> = match sh.pending_syncs.lock() {
         Ok(mut p) => std::mem::take(&mut *p),
         Err(_) => return,
@@ -928,7 +928,7 @@ impl Replicator {
             self.flow.compression.as_librdkafka(),
             &self.runtime,
         );
-        let producer: ThreadedProducer<DeliveryCtx> = kafka::create(
+        let producer = kafka::Polled::create(
             &pcfg,
             DeliveryCtx {
                 shared: shared.clone(),
@@ -1139,7 +1139,7 @@ impl Replicator {
 fn housekeeping(
     sh: &Shared,
     consumer: &BaseConsumer<FlowConsumerCtx>,
-    producer: &ThreadedProducer<DeliveryCtx>,
+    producer: &kafka::Polled<DeliveryCtx>,
     stopped: &mut BTreeSet<(String, i32)>,
 ) {
     // Positions to commit: `acked` is the next offset to read (all before
@@ -1258,7 +1258,7 @@ fn emit_idle_points(sh: &Shared, slots: &[(usize, Arc<Slot>)], force: bool) {
 fn forward(
     sh: &Shared,
     local: &mut PerThread,
-    producer: &ThreadedProducer<DeliveryCtx>,
+    producer: &kafka::Polled<DeliveryCtx>,
     msg: &BorrowedMessage<'_>,
     provenance_skip: Option<&str>,
     provenance_add: Option<&str>,

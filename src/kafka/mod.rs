@@ -5,6 +5,7 @@
 pub mod acls;
 pub mod incremental;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,9 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{ClusterConfig, RuntimeConfig};
 
@@ -162,6 +165,56 @@ impl ClientContext for KContext {
 
 impl ConsumerContext for KContext {}
 
+/// The internal producers' delivery reports go to the sender's channel
+/// (see [`send_acked`]).
+impl ProducerContext for KContext {
+    type DeliveryOpaque = Box<tokio::sync::oneshot::Sender<Result<(), String>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
+        let _ = tx.send(result.as_ref().map(|_| ()).map_err(|(e, _)| redact(e)));
+    }
+}
+
+/// Sends one record with an internal producer and waits (at most
+/// `timeout`) until the target acknowledged it: an async send, like
+/// rdkafka's `FutureProducer`, without its 100 ms polling thread.
+pub async fn send_acked(
+    producer: &Polled<KContext>,
+    topic: &str,
+    partition: i32,
+    key: &[u8],
+    value: &[u8],
+    timestamp: Option<i64>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut rec = BaseRecord::with_opaque_to(topic, Box::new(tx))
+        .partition(partition)
+        .key(key)
+        .payload(value);
+    if let Some(ts) = timestamp {
+        rec = rec.timestamp(ts);
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match producer.send(rec) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                rec = back;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((e, _)) => return Err(redact(&e)),
+        }
+    }
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("the producer closed before the acknowledgement".into()),
+        Err(_) => Err(format!("not acknowledged within {timeout:?}")),
+    }
+}
+
 /// What a reachability probe found.
 #[derive(Debug, Clone)]
 pub struct ClusterInfo {
@@ -302,6 +355,76 @@ impl Follower {
         let recs = read_range(c, &self.topic, 0, from, hi)?;
         self.pos = hi;
         Ok(recs)
+    }
+}
+
+/// A producer with its own polling thread (delivery callbacks run there),
+/// like rdkafka's `ThreadedProducer` but polling with a 1 s timeout.
+///
+/// rdkafka's poll loop truncates the remaining wait to whole milliseconds
+/// and then spins through the last one; with `ThreadedProducer`'s 100 ms
+/// polls that is about 1% of a core per idle producer (measured: four
+/// idle producers took 0.25 CPU-s in 8 s). With 1 s polls it is ten times
+/// less; delivery callbacks still run as soon as reports arrive. Dropping
+/// the last clone stops and joins the thread (within a second).
+pub struct Polled<C: ProducerContext + 'static> {
+    producer: Arc<BaseProducer<C>>,
+    _poller: Arc<Poller>,
+}
+
+impl<C: ProducerContext + 'static> Clone for Polled<C> {
+    fn clone(&self) -> Self {
+        Self {
+            producer: self.producer.clone(),
+            _poller: self._poller.clone(),
+        }
+    }
+}
+
+struct Poller {
+    stop: Arc<AtomicBool>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.lock().ok().and_then(|mut h| h.take()) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl<C: ProducerContext + 'static> Polled<C> {
+    /// Creates the producer (through [`create`]) and its polling thread.
+    pub fn create(cfg: &ClientConfig, ctx: C) -> Result<Self, ClientError> {
+        let producer: Arc<BaseProducer<C>> = Arc::new(create(cfg, ctx)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (producer, stop) = (producer.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("kmirror-producer-poll".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        producer.poll(Duration::from_secs(1));
+                    }
+                })
+                .map_err(|e| ClientError(format!("cannot start a producer thread: {e}")))?
+        };
+        Ok(Self {
+            producer,
+            _poller: Arc::new(Poller {
+                stop,
+                handle: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+}
+
+impl<C: ProducerContext + 'static> std::ops::Deref for Polled<C> {
+    type Target = BaseProducer<C>;
+    fn deref(&self) -> &BaseProducer<C> {
+        &self.producer
     }
 }
 

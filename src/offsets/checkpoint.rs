@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -157,8 +157,8 @@ impl Checkpointer {
                     kafka::client_config(&me.target, Role::Producer, "kmirror-checkpoints");
                 pcfg.set("enable.idempotence", "true");
                 pcfg.set("message.timeout.ms", "30000");
-                let p: ThreadedProducer<DefaultProducerContext> =
-                    kafka::create(&pcfg, DefaultProducerContext).map_err(|e| e.to_string())?;
+                let p = kafka::Polled::create(&pcfg, DefaultProducerContext)
+                    .map_err(|e| e.to_string())?;
                 Ok((src, dst, p))
             })
             .await?
@@ -201,7 +201,7 @@ impl Checkpointer {
         &self,
         src: &BaseConsumer<KContext>,
         dst: &BaseConsumer<KContext>,
-        producer: &ThreadedProducer<DefaultProducerContext>,
+        producer: &kafka::Polled<DefaultProducerContext>,
         groups: &NameFilter,
         set: &MirrorSet,
         st: &mut State,
