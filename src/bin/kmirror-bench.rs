@@ -275,6 +275,17 @@ fn wait_child_until(
             first = Some(Instant::now());
             // CPU until the first record is in the target (start-up).
             startup_cpu = last.0;
+            if std::env::var_os("KMIRROR_BENCH_THREADS").is_some() {
+                let busy: Vec<String> = thread_stats(child.id())
+                    .into_iter()
+                    .filter(|t| t.2 >= 0.01)
+                    .map(|t| format!("{} {:.2}", t.1, t.2))
+                    .collect();
+                println!(
+                    "  CPU-seconds per thread at the first record: {}",
+                    busy.join(", ")
+                );
+            }
         }
         if have >= n {
             // Seconds from the first record seen in the target to the last.
