@@ -101,6 +101,10 @@ pub struct Nisshi {
     pub storage: Storage,
     /// Where stdout/stderr go.
     pub log: PathBuf,
+    /// Runs the broker in a process group of its own, so that a Ctrl-C in
+    /// the terminal does not stop it before its owner (the demo) has
+    /// stopped kmirror; the owner still kills it by PID on drop.
+    pub own_process_group: bool,
     child: Option<Child>,
 }
 
@@ -108,11 +112,33 @@ impl Nisshi {
     /// Starts a broker on `port` (0 = pick a free one) and waits until it
     /// answers a metadata request.
     pub fn start(name: &str, port: u16, storage: Storage, log: &Path) -> Result<Nisshi, String> {
+        Self::start_with(name, port, storage, log, false)
+    }
+
+    /// Like [`Nisshi::start`], in a process group of its own (see
+    /// [`Nisshi::own_process_group`]).
+    pub fn start_own_group(
+        name: &str,
+        port: u16,
+        storage: Storage,
+        log: &Path,
+    ) -> Result<Nisshi, String> {
+        Self::start_with(name, port, storage, log, true)
+    }
+
+    fn start_with(
+        name: &str,
+        port: u16,
+        storage: Storage,
+        log: &Path,
+        own_process_group: bool,
+    ) -> Result<Nisshi, String> {
         let mut n = Nisshi {
             name: name.to_string(),
             port,
             storage,
             log: log.to_path_buf(),
+            own_process_group,
             child: None,
         };
         n.spawn()?;
@@ -139,7 +165,11 @@ impl Nisshi {
                 .open(&self.log)
                 .map_err(|e| format!("{}: {e}", self.log.display()))?;
             let err = log.try_clone().map_err(|e| e.to_string())?;
-            let child = Command::new(&bin)
+            let mut cmd = Command::new(&bin);
+            if self.own_process_group {
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            }
+            let child = cmd
                 .args(["broker", "--cluster-id", &self.name])
                 .args(["--listener-url", &url, "--advertised-listener-url", &url])
                 .args(["--storage-engine", &engine])

@@ -95,9 +95,9 @@ fn run(duration: Option<Duration>) -> Result<(), String> {
     let config = kmirror::config::load(&config_path).map_err(|e| e.to_string())?;
 
     println!("starting two local clusters: east on 127.0.0.1:19092, west on 127.0.0.1:19192 (logs in .demo/)");
-    let east = Nisshi::start("east", 19092, Storage::Memory, &dir.join("east.log"))
+    let east = Nisshi::start_own_group("east", 19092, Storage::Memory, &dir.join("east.log"))
         .map_err(|e| format!("east (is port 19092 free?): {e}"))?;
-    let west = Nisshi::start("west", 19192, Storage::Memory, &dir.join("west.log"))
+    let west = Nisshi::start_own_group("west", 19192, Storage::Memory, &dir.join("west.log"))
         .map_err(|e| format!("west (is port 19192 free?): {e}"))?;
     for (t, p) in TOPICS {
         east.create_topic(t, *p, &[])?;
