@@ -194,6 +194,9 @@ fn run(duration: Option<Duration>) -> Result<(), String> {
     stop.store(true, Ordering::Relaxed);
     let _ = producer.join();
     let res = rt.block_on(app);
+    // A flow still draining after kmirror's shutdown deadline (target
+    // down) is abandoned, as `kmirror run` does.
+    rt.shutdown_timeout(Duration::from_secs(1));
     drop(east);
     drop(west);
     match res {
