@@ -511,6 +511,9 @@ impl ProducerContext for DeliveryCtx {
         }
         let idx = opaque >> OFFSET_BITS;
         let src = (opaque & OFFSET_MASK) as i64;
+        // Held to the end: reports may also be served by a thread in
+        // `flush`, and this lock keeps the callback single-threaded (the
+        // progress fields below rely on one writer at a time).
         let mut local = match self.cache.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
