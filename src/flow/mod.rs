@@ -203,22 +203,6 @@ impl Slot {
 /// The consume loop's memo of the last slot looked up.
 type SlotCache = Option<CachedSlot>;
 
-/// What the consume loop and the delivery callback each keep between
-/// records: the last slot, whose metrics are published on every
-/// housekeeping pass.
-#[derive(Default)]
-struct PerThread {
-    slot: SlotCache,
-}
-
-impl PerThread {
-    fn housekeep(&mut self) {
-        if let Some(c) = &self.slot {
-            c.flush();
-        }
-    }
-}
-
 /// A thread's memo of the slot it used last (records and reports come in
 /// runs of one partition), with the metric updates for it that the thread
 /// has not published yet: they are published when the slot changes and on
@@ -445,7 +429,7 @@ struct DeliveryCtx {
     shared: Arc<Shared>,
     /// The delivery callback's memo of the last slot (only that thread
     /// locks it).
-    cache: Mutex<PerThread>,
+    cache: Mutex<SlotCache>,
 }
 
 impl ClientContext for DeliveryCtx {
@@ -514,11 +498,11 @@ impl ProducerContext for DeliveryCtx {
         // Held to the end: reports may also be served by a thread in
         // `flush`, and this lock keeps the callback single-threaded (the
         // progress fields below rely on one writer at a time).
-        let mut local = match self.cache.lock() {
+        let mut cache = match self.cache.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let Some(cached) = sh.slot_at_cached(&mut local.slot, idx) else {
+        let Some(cached) = sh.slot_at_cached(&mut cache, idx) else {
             return;
         };
         let slot = &cached.slot;
@@ -935,7 +919,7 @@ impl Replicator {
             &pcfg,
             DeliveryCtx {
                 shared: shared.clone(),
-                cache: Mutex::new(PerThread::default()),
+                cache: Mutex::new(None),
             },
         )?;
 
@@ -977,7 +961,7 @@ impl Replicator {
         let mut stopped: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut last_house = Instant::now();
         let mut since_clock = 0u32;
-        let mut local = PerThread::default();
+        let mut cache: SlotCache = None;
         let provenance_skip = self
             .flow
             .provenance_header
@@ -1065,7 +1049,9 @@ impl Replicator {
             }
             if due {
                 last_house = Instant::now();
-                local.housekeep();
+                if let Some(c) = &cache {
+                    c.flush();
+                }
                 housekeeping(&shared, &consumer, &producer, &mut stopped);
                 m.partitions_paused
                     .with_label_values(&[&flow, "held"])
@@ -1093,7 +1079,7 @@ impl Replicator {
             };
             forward(
                 &shared,
-                &mut local,
+                &mut cache,
                 &producer,
                 &msg,
                 provenance_skip.as_deref(),
@@ -1151,8 +1137,15 @@ fn housekeeping(
     let mut store = TopicPartitionList::new();
     let mut stored = Vec::new();
     sh.queue.set(producer.in_flight_count() as i64);
-    if let Ok(mut l) = producer.context().cache.lock() {
-        l.housekeep();
+    if let Some(c) = producer
+        .context()
+        .cache
+        .lock()
+        .ok()
+        .as_deref()
+        .and_then(Option::as_ref)
+    {
+        c.flush();
     }
     for (_, slot) in &slots {
         slot.ack_skipped();
@@ -1260,14 +1253,14 @@ fn emit_idle_points(sh: &Shared, slots: &[(usize, Arc<Slot>)], force: bool) {
 /// is full (backpressure), never drops it.
 fn forward(
     sh: &Shared,
-    local: &mut PerThread,
+    cache: &mut SlotCache,
     producer: &kafka::Polled<DeliveryCtx>,
     msg: &BorrowedMessage<'_>,
     provenance_skip: Option<&str>,
     provenance_add: Option<&str>,
     shutdown: &CancellationToken,
 ) {
-    let Some(cached) = sh.slot_cached(&mut local.slot, msg.topic(), msg.partition()) else {
+    let Some(cached) = sh.slot_cached(cache, msg.topic(), msg.partition()) else {
         debug!(flow = %sh.flow, topic = msg.topic(), partition = msg.partition(), "record of an unassigned partition ignored (not committed)");
         return;
     };

@@ -383,13 +383,13 @@ impl<C: ProducerContext + 'static> Clone for Polled<C> {
 
 struct Poller {
     stop: Arc<AtomicBool>,
-    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Poller {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.handle.lock().ok().and_then(|mut h| h.take()) {
+        if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
     }
@@ -415,7 +415,7 @@ impl<C: ProducerContext + 'static> Polled<C> {
             producer,
             _poller: Arc::new(Poller {
                 stop,
-                handle: Mutex::new(Some(handle)),
+                handle: Some(handle),
             }),
         })
     }
