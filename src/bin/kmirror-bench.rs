@@ -79,15 +79,7 @@ fn main() {
 /// /proc figures of a child: (cpu seconds, peak RSS bytes).
 fn proc_stats(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = 100.0; // sysconf(_SC_CLK_TCK) is 100 on Linux
-    let cpu = if f.len() > 12 {
-        (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / ticks
-    } else {
-        0.0
-    };
+    let cpu = stat_cpu(&stat).map_or(0.0, |(_, cpu)| cpu);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
         .lines()
@@ -97,6 +89,17 @@ fn proc_stats(pid: u32) -> (f64, u64) {
         .unwrap_or(0)
         * 1024;
     (cpu, hwm)
+}
+
+/// The command name and CPU seconds (utime + stime) of a /proc `stat` line.
+fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
+    // The name is in parentheses; the numbered fields follow it.
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let name = head.split_once(" (").map_or("", |(_, n)| n);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = 100.0; // sysconf(_SC_CLK_TCK) is 100 on Linux
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((name, (t(11)? + t(12)?) / ticks))
 }
 
 /// CPU seconds per thread of a process: (thread id, name, seconds).
@@ -110,15 +113,8 @@ fn thread_stats(pid: u32) -> Vec<(u32, String, f64)> {
             continue;
         };
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let name = head.split_once(" (").map_or("", |(_, n)| n).to_string();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 12 {
-            let cpu =
-                (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0;
-            out.push((tid, name, cpu));
+        if let Some((name, cpu)) = stat_cpu(&stat) {
+            out.push((tid, name.to_string(), cpu));
         }
     }
     out.sort_by_key(|t| t.0);
@@ -661,9 +657,7 @@ fn run(a: &Args) -> Result<(), String> {
     // RSS with many partitions.
     if a.rss_partitions > 0 {
         let many = "bench-many";
-        let dst = Nisshi::start("bench-dst", 0, Storage::Memory, &dir.join("many-dst.log"))?;
         src.create_topic(many, a.rss_partitions, &[])?;
-        dst.create_topic(&format!("src.{many}"), a.rss_partitions, &[])?;
         let per = a.rss_records;
         preload(
             &src.bootstrap(),
@@ -672,30 +666,10 @@ fn run(a: &Args) -> Result<(), String> {
             per * a.rss_partitions as usize,
             a.size,
         );
-        let listen = format!("127.0.0.1:{}", free_port());
-        let cfg = kmirror_config(
-            &dir,
-            &src.bootstrap(),
-            &dst.bootstrap(),
-            many,
-            &listen,
-            "many",
-        );
-        let mut km = Command::new(&kmirror)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .stderr(std::fs::File::create(dir.join("kmirror-many.log")).map_err(|e| e.to_string())?)
-            .spawn()
-            .map_err(|e| e.to_string())?;
         let want = (per * a.rss_partitions as usize) as i64;
-        let (_, rss, _, _) = wait_child_until(
-            &mut km,
-            || records_in(&dst.bootstrap(), &format!("src.{many}")),
-            want,
-            Duration::from_secs(600),
-            &mut Vec::new(),
-        )?;
+        let (fig, mut km, _dst, _) =
+            kmirror_round(&kmirror, &dir, &src, many, a.rss_partitions, want, "many")?;
+        let rss = fig.rss;
         std::thread::sleep(Duration::from_secs(3));
         let (_, rss2) = proc_stats(km.id());
         let _ = km.kill();
