@@ -87,14 +87,7 @@ fn a_secret_librdkafka_rejects_is_never_printed() {
         ),
     )
     .unwrap();
-    let (code, out, err) = run(&[
-        "validate",
-        "--config",
-        path.to_str().unwrap(),
-        "--connect",
-        "--timeout",
-        "3s",
-    ]);
+    let (code, out, err) = validate_connect(&path);
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("sasl.jaas.config"),
@@ -120,14 +113,7 @@ fn validate_connect_reports_a_closed_port_and_exits_1() {
         ),
     )
     .unwrap();
-    let (code, out, err) = run(&[
-        "validate",
-        "--config",
-        path.to_str().unwrap(),
-        "--connect",
-        "--timeout",
-        "3s",
-    ]);
+    let (code, out, err) = validate_connect(&path);
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("source src: reachable"), "{out}");
     assert!(
@@ -154,4 +140,16 @@ fn test_bed_brokers_are_independent_and_stopped() {
     drop(b);
     assert!(!process_alive(pa), "broker a still running after drop");
     assert!(!process_alive(pb), "broker b still running after drop");
+}
+
+/// `kmirror validate --config PATH --connect --timeout 3s`.
+fn validate_connect(path: &std::path::Path) -> (i32, String, String) {
+    run(&[
+        "validate",
+        "--config",
+        path.to_str().unwrap(),
+        "--connect",
+        "--timeout",
+        "3s",
+    ])
 }

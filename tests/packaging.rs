@@ -404,16 +404,16 @@ fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 /// Metric names (histograms by their base name) queried by an expression.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     let re = regex::Regex::new(r"kmirror_[a-z_]+").unwrap();
-    re.find_iter(expr)
-        .map(|m| {
-            let n = m.as_str();
-            ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| n.strip_suffix(s))
-                .unwrap_or(n)
-                .to_string()
-        })
-        .collect()
+    re.find_iter(expr).map(|m| base_name(m.as_str())).collect()
+}
+
+/// A metric's name without a histogram's `_bucket`/`_sum`/`_count`.
+fn base_name(n: &str) -> String {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| n.strip_suffix(s))
+        .unwrap_or(n)
+        .to_string()
 }
 
 /// The metric names that have at least one sample in a Prometheus text
@@ -422,13 +422,7 @@ fn exported(text: &str) -> BTreeSet<String> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| l.split(['{', ' ']).next())
-        .map(|n| {
-            ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| n.strip_suffix(s))
-                .unwrap_or(n)
-                .to_string()
-        })
+        .map(base_name)
         .collect()
 }
 
