@@ -972,8 +972,14 @@ impl Replicator {
             .then(|| self.source.alias.clone());
         self.mirror.mark_changed();
 
-        while !shutdown.is_cancelled() {
-            if self.mirror.has_changed().unwrap_or(false) {
+        loop {
+            // Every 64 records and after an empty poll (`since_clock` is
+            // 0): the stop request and the topic set are looked at (the
+            // token's check takes a lock; not for every record).
+            if since_clock == 0 && shutdown.is_cancelled() {
+                break;
+            }
+            if since_clock == 0 && self.mirror.has_changed().unwrap_or(false) {
                 let set = self.mirror.borrow_and_update().clone();
                 if let Ok(mut cur) = shared.mirror.lock() {
                     *cur = set.clone();
@@ -1042,11 +1048,8 @@ impl Replicator {
             }
 
             // The clock is read after an empty poll and every 64 records.
-            since_clock += 1;
-            let due = since_clock >= 64 && last_house.elapsed() >= Duration::from_millis(100);
-            if since_clock >= 64 {
-                since_clock = 0;
-            }
+            let due = since_clock == 0 && last_house.elapsed() >= Duration::from_millis(100);
+            since_clock = (since_clock + 1) % 64;
             if due {
                 last_house = Instant::now();
                 if let Some(c) = &cache {
@@ -1065,7 +1068,7 @@ impl Replicator {
 
             let msg = match consumer.poll(Duration::from_millis(100)) {
                 None => {
-                    since_clock = 64;
+                    since_clock = 0;
                     continue;
                 }
                 Some(Err(e)) => {
