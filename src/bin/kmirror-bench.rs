@@ -307,7 +307,7 @@ fn perf_attach(child: &Child, name: &str) -> Option<Child> {
         .args([
             "record",
             "-F",
-            "999",
+            "9999",
             "-g",
             "-o",
             &format!("{prefix}.{name}"),

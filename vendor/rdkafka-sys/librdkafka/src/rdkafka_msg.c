@@ -1528,6 +1528,14 @@ rd_kafka_message_headers(const rd_kafka_message_t *rkmessage,
         if (unlikely(!RD_KAFKAP_BYTES_LEN(&rkm->rkm_u.consumer.binhdrs)))
                 return RD_KAFKA_RESP_ERR__NOENT;
 
+        /* A v2 record without headers still carries the header count, a
+         * varint 0 (one byte, 0x00): answer without allocating a parse
+         * buffer, which cost more than the rest of a consume-produce
+         * round trip per record. */
+        if (RD_KAFKAP_BYTES_LEN(&rkm->rkm_u.consumer.binhdrs) == 1 &&
+            *(const char *)rkm->rkm_u.consumer.binhdrs.data == 0)
+                return RD_KAFKA_RESP_ERR__NOENT;
+
         err = rd_kafka_msg_headers_parse(rkm);
         if (unlikely(err))
                 return err;
