@@ -300,14 +300,17 @@ fn wait_child_until(
 
 /// `KMIRROR_BENCH_PERF=PREFIX` attaches `perf record` to each contender
 /// for its throughput phase, writing `PREFIX.raw` and `PREFIX.kmirror-<flow>`
-/// (perf's own CPU is not counted in the contender's).
+/// (perf's own CPU is not counted in the contender's), sampling at
+/// `KMIRROR_BENCH_PERF_FREQ` Hz (default 999; 9999 resolves per-record
+/// costs of a few tens of nanoseconds).
 fn perf_attach(child: &Child, name: &str) -> Option<Child> {
     let prefix = std::env::var("KMIRROR_BENCH_PERF").ok()?;
+    let freq = std::env::var("KMIRROR_BENCH_PERF_FREQ").unwrap_or_else(|_| "999".into());
     Command::new("perf")
         .args([
             "record",
             "-F",
-            "9999",
+            &freq,
             "-g",
             "-o",
             &format!("{prefix}.{name}"),
