@@ -2,7 +2,8 @@
 #
 # kmirror image: `docker build -t kmirror .`, or `docker compose up` (see
 # docker-compose.yml). The binary links the system OpenSSL (libssl3) and
-# zlib; librdkafka and zstd are built from source into it.
+# zlib; librdkafka (vendor/rdkafka-sys, with the fixes in
+# vendor/librdkafka.patch) and zstd are built from source into it.
 
 FROM rust:1-bookworm AS builder
 RUN apt-get update \
@@ -12,6 +13,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY vendor ./vendor
 # Cache the registry and the target dir between builds (BuildKit), and
 # copy the binary out of the cached target dir in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

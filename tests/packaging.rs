@@ -135,6 +135,11 @@ fn environment(service: &Yaml) -> BTreeMap<String, String> {
 /// The instructions of a Dockerfile's final stage: (INSTRUCTION, arguments),
 /// continuation lines joined, comments dropped.
 fn final_stage(dockerfile: &str) -> Vec<(String, String)> {
+    stages(dockerfile).pop().unwrap_or_default()
+}
+
+/// The instructions of each stage of a Dockerfile, as [`final_stage`].
+fn stages(dockerfile: &str) -> Vec<Vec<(String, String)>> {
     let mut joined = Vec::new();
     let mut cur = String::new();
     for line in dockerfile.lines() {
@@ -150,16 +155,80 @@ fn final_stage(dockerfile: &str) -> Vec<(String, String)> {
             joined.push(std::mem::take(&mut cur));
         }
     }
-    let mut stage = Vec::new();
+    let mut stages: Vec<Vec<(String, String)>> = Vec::new();
     for l in joined {
         let (ins, args) = l.split_once(char::is_whitespace).unwrap_or((&l, ""));
         let ins = ins.to_ascii_uppercase();
-        if ins == "FROM" {
-            stage.clear();
+        if ins == "FROM" || stages.is_empty() {
+            stages.push(Vec::new());
         }
-        stage.push((ins, args.trim().to_string()));
+        if let Some(stage) = stages.last_mut() {
+            stage.push((ins, args.trim().to_string()));
+        }
     }
-    stage
+    stages
+}
+
+/// The image build must see every local source the crate builds from: the
+/// builder stage copies `src` and the directory of each `[patch]` path
+/// (the vendored, patched librdkafka), or `docker build` would fetch the
+/// unpatched crate or fail.
+#[test]
+fn docker_build_copies_every_local_source() {
+    let manifest: toml::Table = read(&repo().join("Cargo.toml"))
+        .parse()
+        .expect("Cargo.toml parses");
+    let mut needed = BTreeSet::from(["src".to_string()]);
+    for registry in manifest
+        .get("patch")
+        .and_then(|p| p.as_table())
+        .into_iter()
+        .flat_map(|t| t.values())
+    {
+        for dep in registry.as_table().into_iter().flat_map(|t| t.values()) {
+            if let Some(path) = dep.get("path").and_then(|p| p.as_str()) {
+                let top = path.split('/').next().unwrap_or(path);
+                assert!(
+                    repo().join(path).join("Cargo.toml").exists(),
+                    "Cargo.toml: [patch] path {path} has no Cargo.toml"
+                );
+                needed.insert(top.to_string());
+            }
+        }
+    }
+    assert!(
+        needed.len() > 1,
+        "Cargo.toml: expected the vendored rdkafka-sys in [patch]"
+    );
+    let dockerfile = read(&repo().join("Dockerfile"));
+    let builder = stages(&dockerfile)
+        .into_iter()
+        .find(|st| {
+            st.iter()
+                .any(|(i, a)| i == "RUN" && a.contains("cargo build"))
+        })
+        .expect("Dockerfile: no stage runs cargo build");
+    let copied: BTreeSet<String> = builder
+        .iter()
+        .filter(|(i, _)| i == "COPY")
+        .flat_map(|(_, a)| {
+            let words: Vec<&str> = a
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
+            let n = words.len().saturating_sub(1);
+            words[..n]
+                .iter()
+                .map(|w| w.trim_start_matches("./").trim_end_matches('/').to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for dir in &needed {
+        assert!(
+            copied.contains(dir),
+            "Dockerfile: the builder stage does not COPY {dir} (copies {copied:?})"
+        );
+    }
 }
 
 /// `host:port` -> (host, port).
