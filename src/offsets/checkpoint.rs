@@ -197,6 +197,17 @@ impl Checkpointer {
         }
     }
 
+    /// Counts a failed step of one group's checkpoint run (in
+    /// `kmirror_errors_total{stage="checkpoint"}`); true the first time
+    /// it fails this way, so that it is logged once, not every interval.
+    fn failed_once(&self, st: &mut State, what: String) -> bool {
+        self.metrics
+            .errors
+            .with_label_values(&[&self.flow.name, "checkpoint"])
+            .inc();
+        st.warned.insert(what)
+    }
+
     fn once(
         &self,
         src: &BaseConsumer<KContext>,
@@ -236,11 +247,7 @@ impl Checkpointer {
             let offsets = match fetched {
                 Ok(o) => o,
                 Err(e) => {
-                    self.metrics
-                        .errors
-                        .with_label_values(&[&self.flow.name, "checkpoint"])
-                        .inc();
-                    if st.warned.insert(format!("fetch/{group}/{e}")) {
+                    if self.failed_once(st, format!("fetch/{group}/{e}")) {
                         warn!(flow = %self.flow.name, group, error = %e, "cannot read the committed offsets of this group on the source; retrying every interval");
                     }
                     continue;
@@ -289,11 +296,7 @@ impl Checkpointer {
             }
             if self.flow.sync_group_offsets && !translated.is_empty() {
                 if let Err(e) = self.sync_group(group, &translated, st) {
-                    self.metrics
-                        .errors
-                        .with_label_values(&[&self.flow.name, "checkpoint"])
-                        .inc();
-                    if st.warned.insert(format!("sync/{group}/{e}")) {
+                    if self.failed_once(st, format!("sync/{group}/{e}")) {
                         warn!(flow = %self.flow.name, group, error = %e, "group offset sync failed; retrying every interval");
                     }
                 }
