@@ -246,6 +246,32 @@ struct Figures {
     rss: u64,
 }
 
+/// Follows a contender started at `start` until `progress` reaches `n`
+/// records (`perf` attached as `perf_name` when asked, stopped also on
+/// failure), then prints its CPU per thread under `label`.
+fn measure(
+    child: &mut Child,
+    label: &str,
+    perf_name: &str,
+    start: Instant,
+    n: i64,
+    progress: impl FnMut() -> i64,
+) -> Result<Figures, String> {
+    let mut threads = Vec::new();
+    let perf = perf_attach(child, perf_name);
+    let waited = wait_child_until(child, progress, n, Duration::from_secs(600), &mut threads);
+    perf_stop(perf);
+    let (cpu, rss, steady, startup_cpu) = waited?;
+    print_threads(label, &threads);
+    Ok(Figures {
+        secs: start.elapsed().as_secs_f64(),
+        steady,
+        cpu,
+        startup_cpu,
+        rss,
+    })
+}
+
 fn wait_child_until(
     child: &mut Child,
     mut progress: impl FnMut() -> i64,
@@ -348,7 +374,6 @@ fn raw_round(
         &dir.join("raw-dst.log"),
     )?;
     dst.create_topic(&format!("raw.{topic}"), partitions, &[])?;
-    let mut threads = Vec::new();
     let start = Instant::now();
     let mut pipe = Command::new(me)
         .args([
@@ -362,24 +387,11 @@ fn raw_round(
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let perf = perf_attach(&pipe, "raw");
-    let (cpu, rss, steady, startup_cpu) = wait_child_until(
-        &mut pipe,
-        || records_in(&dst.bootstrap(), &format!("raw.{topic}")),
-        n,
-        Duration::from_secs(600),
-        &mut threads,
-    )?;
-    perf_stop(perf);
+    let fig = measure(&mut pipe, "raw pipe", "raw", start, n, || {
+        records_in(&dst.bootstrap(), &format!("raw.{topic}"))
+    })?;
     let _ = pipe.wait();
-    print_threads("raw pipe", &threads);
-    Ok(Figures {
-        secs: start.elapsed().as_secs_f64(),
-        steady,
-        cpu,
-        startup_cpu,
-        rss,
-    })
+    Ok(fig)
 }
 
 /// One `kmirror run` into a fresh target broker (a flow name of its own,
@@ -404,7 +416,6 @@ fn kmirror_round(
         &listen,
         flow,
     );
-    let mut threads = Vec::new();
     let start = Instant::now();
     let mut km = Command::new(kmirror)
         .args(["run", "--config"])
@@ -417,23 +428,14 @@ fn kmirror_round(
         )
         .spawn()
         .map_err(|e| e.to_string())?;
-    let perf = perf_attach(&km, &format!("kmirror-{flow}"));
-    let (cpu, rss, steady, startup_cpu) = wait_child_until(
+    let fig = measure(
         &mut km,
-        || records_in(&dst.bootstrap(), &format!("src.{topic}")),
+        "kmirror",
+        &format!("kmirror-{flow}"),
+        start,
         n,
-        Duration::from_secs(600),
-        &mut threads,
+        || records_in(&dst.bootstrap(), &format!("src.{topic}")),
     )?;
-    perf_stop(perf);
-    print_threads("kmirror", &threads);
-    let fig = Figures {
-        secs: start.elapsed().as_secs_f64(),
-        steady,
-        cpu,
-        startup_cpu,
-        rss,
-    };
     Ok((fig, km, dst, listen))
 }
 
