@@ -69,6 +69,10 @@ pub struct Metrics {
     pub client_queue: IntGaugeVec,
     /// librdkafka: 1 when the connection to a broker is up.
     pub broker_up: IntGaugeVec,
+    /// Replication flows restarted with fresh clients, by reason (fatal: a
+    /// fatal producer error; purged: a drain timed out and queued records
+    /// were purged; error: the flow failed and is retried).
+    pub flow_restarts: IntCounterVec,
     /// librdkafka: average broker round-trip time.
     pub broker_rtt: prometheus::GaugeVec,
 }
@@ -112,7 +116,7 @@ impl Metrics {
             translation_misses: counter(&r, "kmirror_translation_misses_total", "Committed source offsets with no exact translation yet (beyond what is mirrored, or before the offset-sync history); no checkpoint is written for them.", &["flow"]),
             group_offset_syncs: counter(&r, "kmirror_group_offset_syncs_total", "sync_group_offsets: commits of translated offsets to target groups, by result (ok, skipped_active, error).", &["flow", "result"]),
             config_sync_ops: counter(&r, "kmirror_config_sync_operations_total", "Config-sync operations on the target, by operation and result.", &["flow", "op", "result"]),
-            errors: counter(&r, "kmirror_errors_total", "Errors by stage: produce (refused record), consume, source_client, target_client, partition_mismatch, discovery, config_sync, offset_sync, checkpoint, eos_resume, foreign_writer, heartbeat (flow=\"\").", &["flow", "stage"]),
+            errors: counter(&r, "kmirror_errors_total", "Errors by stage: produce (refused record), consume, source_client, target_client, partition_mismatch, discovery, config_sync, offset_sync, checkpoint, eos_resume, foreign_writer, flow_overlap, heartbeat (flow=\"\").", &["flow", "stage"]),
             heartbeats: {
                 let c = IntCounter::new("kmirror_heartbeats_total", "Heartbeat records written to `heartbeats` on the target.").expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
@@ -120,11 +124,12 @@ impl Metrics {
             },
             build_info: gauge(&r, "kmirror_build_info", "Always 1; the version label names the build.", &["version"]),
             partitions_assigned: gauge(&r, "kmirror_partitions_assigned", "Source partitions assigned to this process.", &["flow"]),
-            partitions_paused: gauge(&r, "kmirror_partitions_paused", "Partitions not being consumed, by reason (stopped: refused record; held: target lacks the partition; backpressure).", &["flow", "reason"]),
+            partitions_paused: gauge(&r, "kmirror_partitions_paused", "Partitions not being consumed, by reason (stopped: refused record; held: target lacks the partition; unresolved: exactly-once resume position not derived yet; backpressure).", &["flow", "reason"]),
             producer_queue: gauge(&r, "kmirror_producer_queue_records", "Records handed to the target producer and not yet acknowledged.", &["flow"]),
             topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
             client_queue: gauge(&r, "kmirror_client_queue_messages", "librdkafka statistics: messages waiting in the client's queues (producer: not yet acknowledged; consumer: fetched, not yet handed over).", &["flow", "client"]),
             broker_up: gauge(&r, "kmirror_broker_up", "librdkafka statistics: 1 when the client's connection to the broker is UP.", &["flow", "client", "broker"]),
+            flow_restarts: counter(&r, "kmirror_flow_restarts_total", "Replication flows restarted with fresh clients, by reason (fatal: fatal producer error; purged: a drain timed out and queued records were purged; error: the flow failed and is retried).", &["flow", "reason"]),
             broker_rtt: {
                 let g = prometheus::GaugeVec::new(Opts::new("kmirror_broker_rtt_seconds", "librdkafka statistics: average request round-trip time to the broker over the last statistics interval."), &["flow", "client", "broker"]).expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
@@ -151,8 +156,11 @@ impl Metrics {
         ] {
             self.errors.with_label_values(&[flow, stage]);
         }
-        for reason in ["stopped", "held", "backpressure"] {
+        for reason in ["stopped", "held", "unresolved", "backpressure"] {
             self.partitions_paused.with_label_values(&[flow, reason]);
+        }
+        for reason in ["fatal", "purged", "error"] {
+            self.flow_restarts.with_label_values(&[flow, reason]);
         }
         self.partitions_assigned.with_label_values(&[flow]);
         self.producer_queue.with_label_values(&[flow]);
@@ -232,6 +240,8 @@ struct HealthState {
     clusters: BTreeMap<String, bool>,
     /// flow -> (has partitions assigned, stopped partitions)
     flows: BTreeMap<String, (bool, usize)>,
+    /// flow -> partitions held until their exactly-once position is derived
+    unresolved: BTreeMap<String, usize>,
 }
 
 impl Health {
@@ -246,6 +256,14 @@ impl Health {
     pub fn set_flow(&self, flow: &str, assigned: bool, stopped: usize) {
         if let Ok(mut s) = self.state.lock() {
             s.flows.insert(flow.to_string(), (assigned, stopped));
+        }
+    }
+
+    /// Records how many partitions of a flow wait for their exactly-once
+    /// resume position (held, not consumed).
+    pub fn set_unresolved(&self, flow: &str, n: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.unresolved.insert(flow.to_string(), n);
         }
     }
 
@@ -275,6 +293,13 @@ impl Health {
             if *stopped > 0 {
                 why.push(format!(
                     "flow {flow}: {stopped} partition(s) stopped by an error"
+                ));
+            }
+        }
+        for (flow, n) in &s.unresolved {
+            if *n > 0 {
+                why.push(format!(
+                    "flow {flow}: {n} partition(s) held: exactly-once resume position not derived yet (target unreadable?)"
                 ));
             }
         }

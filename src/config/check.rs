@@ -131,6 +131,7 @@ const RUNTIME: &[Field] = &[
     f("group_instance_id", ISTR),
     f("consumer_queue_kbytes", Kind::Int),
     f("producer_queue_kbytes", Kind::Int),
+    f("commit_interval", Kind::Duration),
 ];
 const FLOW: &[Field] = &[
     req("name", STR),

@@ -101,6 +101,13 @@ pub struct RuntimeConfig {
     /// acknowledged by the target, in KiB (`queue.buffering.max.kbytes`).
     #[serde(default = "default_producer_queue_kbytes")]
     pub producer_queue_kbytes: u64,
+    /// How often acknowledged source positions are committed (and, while
+    /// records flow, the most time between two offset-sync points of a
+    /// partition, since a commit never passes the last persisted point).
+    /// An at-least-once process killed with `kill -9` mirrors again about
+    /// this much traffic.
+    #[serde(default = "default_commit_interval", deserialize_with = "de_duration")]
+    pub commit_interval: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -110,12 +117,16 @@ impl Default for RuntimeConfig {
             group_instance_id: String::new(),
             consumer_queue_kbytes: default_consumer_queue_kbytes(),
             producer_queue_kbytes: default_producer_queue_kbytes(),
+            commit_interval: default_commit_interval(),
         }
     }
 }
 
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_consumer_queue_kbytes() -> u64 {
     16 * 1024

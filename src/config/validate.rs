@@ -26,6 +26,10 @@ pub const RESERVED_PROPERTIES: &[(&str, &str)] = &[
         "kmirror commits only acknowledged records",
     ),
     (
+        "auto.commit.interval.ms",
+        "set it with `[runtime] commit_interval`",
+    ),
+    (
         "enable.auto.offset.store",
         "kmirror stores only acknowledged offsets",
     ),

@@ -37,8 +37,12 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Offset-sync points as (source offset, target offset) pairs.
 pub type Points = Vec<(i64, i64)>;
 
-/// Derives resume positions; owns two group-less readers.
+/// Derives resume positions; owns two group-less readers, made anew after
+/// a failed read (a client that saw its broker restart can stay stuck on
+/// `AllBrokersDown` for minutes while a fresh one reads at once).
 pub struct Resolver {
+    source_cfg: ClusterConfig,
+    target_cfg: ClusterConfig,
     source: BaseConsumer<KContext>,
     target: BaseConsumer<KContext>,
     /// Source records with this provenance header value are never mirrored.
@@ -81,12 +85,24 @@ impl Resolver {
         skip_alias: Option<String>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
+            source_cfg: source.clone(),
+            target_cfg: target.clone(),
             source: reader(source, "kmirror-eos-reader")?,
             target: reader(target, "kmirror-eos-reader")?,
             skip_alias,
             syncs_follower: None,
             syncs: HashMap::new(),
         })
+    }
+
+    /// New readers, after a failed read.
+    fn reconnect(&mut self) {
+        if let Ok(c) = reader(&self.source_cfg, "kmirror-eos-reader") {
+            self.source = c;
+        }
+        if let Ok(c) = reader(&self.target_cfg, "kmirror-eos-reader") {
+            self.target = c;
+        }
     }
 
     /// Reads every offset-sync point persisted so far; returns the latest
@@ -96,8 +112,10 @@ impl Resolver {
         topic: &str,
     ) -> anyhow::Result<HashMap<(String, i32), (i64, i64)>> {
         self.syncs_follower = Some(Follower::new(topic));
-        self.catch_up_syncs()
-            .map_err(|e| anyhow::anyhow!("cannot read {topic} on the target: {e}"))?;
+        if let Err(e) = self.catch_up_syncs() {
+            self.reconnect();
+            anyhow::bail!("cannot read {topic} on the target: {e}");
+        }
         Ok(self.syncs.clone())
     }
 
@@ -125,6 +143,20 @@ impl Resolver {
     /// [`walk`]), which a process killed before it persisted them had not
     /// written.
     pub fn resume(
+        &mut self,
+        source_topic: &str,
+        target_topic: &str,
+        partition: i32,
+        own_last_sync: Option<(i64, i64)>,
+    ) -> Result<Option<(i64, Points)>, String> {
+        let r = self.try_resume(source_topic, target_topic, partition, own_last_sync);
+        if r.is_err() {
+            self.reconnect();
+        }
+        r
+    }
+
+    fn try_resume(
         &mut self,
         source_topic: &str,
         target_topic: &str,

@@ -4,43 +4,56 @@
 //! - **Order and fidelity**: each record goes to the same partition number
 //!   of the target topic with its key, value (null stays null), headers in
 //!   order and timestamp.
-//! - **At-least-once**: a source offset is stored for commit only after the
-//!   target acknowledged that record and every record before it in the
-//!   partition (delivery reports arrive in order per partition).
+//! - **The ledger** ([`ledger`]): per partition, the one place that decides
+//!   what may be committed and which offset-sync points may be written,
+//!   from the contiguous prefix of acknowledged records. Commits and points
+//!   never pass a record that was not written.
+//! - **At-least-once**: a source offset is stored for commit only when its
+//!   ledger says every record before it is acknowledged and described by a
+//!   persisted point; commits go out every `[runtime] commit_interval`.
 //! - **Refusals**: a record the target refuses permanently stops its
-//!   partition (paused, nothing after it committed), with an ERROR and
+//!   partition (paused, nothing from it on committed), with an ERROR and
 //!   `kmirror_partitions_paused{reason="stopped"}`; the others go on.
 //! - **Backpressure**: the producer queue is bounded
-//!   (`producer_queue_kbytes`); when it is full, consumption waits.
-//! - **Offset syncs**: acknowledged (source, target) offset pairs where the
-//!   delta changes (and every [`SYNC_EVERY`] records) are written to
-//!   `kmirror-offset-syncs.<source>.internal`.
-//! - **Exactly-once**: see [`eos`].
+//!   (`producer_queue_kbytes`); when it is full, every partition is paused
+//!   and the consumer is still polled (rebalances are served, the member
+//!   stays in its group) until half of the queue has drained.
+//! - **Restarts**: a fatal producer error, or a revoke whose drain timed out
+//!   (the producer is then purged), restarts the flow with fresh clients;
+//!   it resumes from what the target acknowledged (the commit, or in
+//!   exactly-once the target itself).
+//! - **Exactly-once**: see [`eos`]; a partition whose resume position
+//!   cannot be derived is held, never resumed from the group's commit.
 
+mod delivery;
 pub mod eos;
+pub mod ledger;
+mod rebalance;
+pub mod slots;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::local::{LocalHistogram, LocalIntCounter};
-use prometheus::{Histogram, IntCounter, IntGauge};
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use prometheus::IntGauge;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use self::delivery::{record_size, DeliveryCtx};
+use self::ledger::{Cause, PointRule};
+use self::rebalance::{Assigned, FlowConsumerCtx};
+use self::slots::{CachedSlot, Slot, SlotCache, SlotTable};
 use crate::config::{ClusterConfig, Delivery, FlowConfig, RuntimeConfig};
 use crate::discovery::MirrorSet;
-use crate::kafka::{self, log_librdkafka, Role};
+use crate::kafka::{self, Role};
 use crate::metrics::{Health, Metrics};
 use crate::offsets::codec::OffsetSync;
 
@@ -51,11 +64,10 @@ pub const PROVENANCE_HEADER: &str = "kmirror-source";
 /// partition, so that an exactly-once resume reads a short tail.
 pub const SYNC_EVERY: u64 = 1000;
 
-/// Opaque of internal records (offset syncs).
 /// Opaque flag of offset-sync records; the rest holds slot and offset.
 const SYNC_FLAG: usize = 1 << 63;
 /// Slot index of a point that no slot waits for.
-const NO_SLOT: usize = (1 << 15) - 1;
+const NO_SLOT: usize = slots::MAX_SLOTS;
 const OFFSET_BITS: u32 = 48;
 const OFFSET_MASK: usize = (1 << OFFSET_BITS) - 1;
 
@@ -69,199 +81,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Why a partition stopped.
-#[derive(Debug, Clone)]
-struct Failure {
-    /// First source offset not acknowledged.
-    first: i64,
-    /// Error of the first refusal.
-    error: String,
-    /// Every refused (source offset, record bytes, error code).
-    refused: Vec<(i64, usize, Option<RDKafkaErrorCode>)>,
-    reported: bool,
-}
-
-/// State of one assigned source partition, shared by the consume loop and
-/// the producer's delivery callback.
-///
-/// The fields each thread writes for every record live on cache lines of
-/// their own ([`Padded`]): `sent` (consume loop) and `ack` (delivery
-/// callback), so that the two threads do not bounce one line per record.
-struct Slot {
-    topic: String,
-    partition: i32,
-    target: String,
-    /// Records handed to the producer (consume loop).
-    sent: Padded<AtomicI64>,
-    /// What the delivery callback updates for every record.
-    ack: Padded<Progress>,
-    /// Offset after the last record skipped without producing (provenance).
-    skip_to: AtomicI64,
-    foreign_warned: AtomicBool,
-    failure: Mutex<Option<Failure>>,
-    /// True once a record was refused (mirrors `failure.is_some()`).
-    stopped: AtomicBool,
-    /// Last offset stored for commit (consume loop only).
-    stored: AtomicI64,
-    records: IntCounter,
-    bytes: IntCounter,
-    latency: Histogram,
-    age: Histogram,
-}
-
-/// Aligned to (and padded to) 128 bytes: two cache lines, as adjacent-line
-/// prefetch pairs them.
-#[repr(align(128))]
-struct Padded<T>(T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-/// Per-partition progress written by the delivery callback.
-struct Progress {
-    /// Records reported (acknowledged or refused); in flight = sent − done.
-    done: AtomicI64,
-    /// Next source offset that is safe to commit (-1: none yet).
-    acked: AtomicI64,
-    /// Target offset − source offset of the last acknowledged record.
-    last_delta: AtomicI64,
-    /// Source and target offsets of the last acknowledged record.
-    last_src: AtomicI64,
-    last_tgt: AtomicI64,
-    since_sync: AtomicU64,
-    /// Source offset of the last offset-sync point queued.
-    emitted_src: AtomicI64,
-    /// Next source offset whose preceding record has a persisted point:
-    /// commits never pass it, so a restart never starts after a stretch of
-    /// records that no point describes (translation stays exact).
-    sync_acked: AtomicI64,
-    /// When the last point was queued (ms since the epoch).
-    point_ms: AtomicI64,
-}
-
-impl Slot {
-    /// Records handed to the producer and not yet reported.
-    fn inflight(&self) -> i64 {
-        self.sent.load(Ordering::Acquire) - self.ack.done.load(Ordering::Acquire)
-    }
-
-    /// After the last report of a partition: records skipped since
-    /// (provenance) are done too. Called after each report, after each
-    /// skip and on every housekeeping pass (which catches the case where
-    /// the first two raced and neither saw the partition idle).
-    fn ack_skipped(&self) {
-        let skip = self.skip_to.load(Ordering::Acquire);
-        if skip >= 0 && !self.failed() && self.inflight() == 0 {
-            self.ack.acked.fetch_max(skip, Ordering::AcqRel);
-        }
-    }
-
-    fn sync_point(&self, upstream: i64, downstream: i64) -> OffsetSync {
-        OffsetSync {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            upstream_offset: upstream,
-            downstream_offset: downstream,
-        }
-    }
-
-    fn failed(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
-    }
-
-    /// The offset that may be committed: every record before it is
-    /// acknowledged and the record just before it has a persisted point.
-    fn commit_position(&self) -> i64 {
-        self.ack
-            .acked
-            .load(Ordering::Acquire)
-            .min(self.ack.sync_acked.load(Ordering::Acquire))
-    }
-
-    /// Records a refusal of the record at `offset`; the partition stops.
-    fn refuse(&self, offset: i64, error: &KafkaError, size: usize) {
-        if let Ok(mut f) = self.failure.lock() {
-            let f = f.get_or_insert_with(|| Failure {
-                first: offset,
-                error: error.to_string(),
-                refused: Vec::new(),
-                reported: false,
-            });
-            f.first = f.first.min(offset);
-            f.refused.push((offset, size, error.rdkafka_error_code()));
-        }
-        self.stopped.store(true, Ordering::Release);
-    }
-}
-
-/// The consume loop's memo of the last slot looked up.
-type SlotCache = Option<CachedSlot>;
-
-/// A thread's memo of the slot it used last (records and reports come in
-/// runs of one partition), with the metric updates for it that the thread
-/// has not published yet: they are published when the slot changes and on
-/// every housekeeping pass (at least every 100 ms), instead of touching
-/// the shared metrics for every record.
-struct CachedSlot {
-    generation: u64,
-    idx: usize,
-    slot: Arc<Slot>,
-    /// `slot.age` (consume loop) or `slot.latency` (delivery callback).
-    hist: LocalHistogram,
-    records: LocalIntCounter,
-    bytes: LocalIntCounter,
-}
-
-impl CachedSlot {
-    fn new(generation: u64, idx: usize, slot: Arc<Slot>, pick: fn(&Slot) -> &Histogram) -> Self {
-        Self {
-            generation,
-            idx,
-            hist: pick(&slot).local(),
-            records: slot.records.local(),
-            bytes: slot.bytes.local(),
-            slot,
-        }
-    }
-
-    fn flush(&self) {
-        self.hist.flush();
-        self.records.flush();
-        self.bytes.flush();
-    }
-}
-
-impl Drop for CachedSlot {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-/// State shared between the consume loop, the rebalance callback and the
-/// delivery callback.
-struct Shared {
-    flow: String,
-    source_alias: String,
-    delivery: Delivery,
-    metrics: Arc<Metrics>,
-    slots: RwLock<Vec<Arc<Slot>>>,
-    /// topic -> partition -> slot index.
-    index: Mutex<HashMap<String, HashMap<i32, usize>>>,
-    /// Points to write, with the slot waiting for each (or [`NO_SLOT`]).
-    pending_syncs: Mutex<Vec<(usize, OffsetSync)>>,
-    /// Latest known sync point per (source topic, partition).
-    last_syncs: Mutex<HashMap<(String, i32), (i64, i64)>>,
-    mirror: Mutex<Arc<MirrorSet>>,
-    queue: IntGauge,
-    /// Bumped on every assignment change (invalidates [`SlotCache`]s).
-    generation: AtomicU64,
-    throttle: LogThrottle,
 }
 
 /// Repeated warnings (a cluster down for minutes) are logged at most once
@@ -298,9 +117,35 @@ impl LogThrottle {
     }
 }
 
+/// State shared between the consume loop, the rebalance callback and the
+/// delivery callback.
+pub(crate) struct Shared {
+    flow: String,
+    source_alias: String,
+    delivery: Delivery,
+    metrics: Arc<Metrics>,
+    slots: RwLock<SlotTable>,
+    /// Points to write, with the slot waiting for each (or [`NO_SLOT`]).
+    pending_syncs: Mutex<VecDeque<(usize, OffsetSync)>>,
+    /// Latest known sync point per (source topic, partition).
+    last_syncs: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    mirror: Mutex<Arc<MirrorSet>>,
+    queue: IntGauge,
+    /// Bumped on every assignment change (invalidates [`SlotCache`]s).
+    generation: AtomicU64,
+    throttle: LogThrottle,
+    rule: PointRule,
+    /// Why the flow must restart with fresh clients: (metric reason, text).
+    restart: Mutex<Option<(&'static str, String)>>,
+}
+
 impl Shared {
     fn slot(&self, idx: usize) -> Option<Arc<Slot>> {
-        self.slots.read().ok().and_then(|s| s.get(idx).cloned())
+        self.slots.read().ok().and_then(|t| t.get(idx))
+    }
+
+    fn slot_for(&self, topic: &str, partition: i32) -> Option<(usize, Arc<Slot>)> {
+        self.slots.read().ok()?.find(topic, partition)
     }
 
     /// Like [`Shared::slot_for`], remembering the last answer: records
@@ -335,69 +180,43 @@ impl Shared {
         cache.as_ref()
     }
 
-    fn slot_for(&self, topic: &str, partition: i32) -> Option<(usize, Arc<Slot>)> {
-        let idx = *self.index.lock().ok()?.get(topic)?.get(&partition)?;
-        self.slot(idx).map(|s| (idx, s))
-    }
-
-    /// Creates (or resets) the slot of a newly assigned partition.
-    fn assign(&self, topic: &str, partition: i32, target: &str) -> usize {
+    /// Creates the slot of a newly assigned partition.
+    fn assign(
+        &self,
+        topic: &str,
+        partition: i32,
+        target: &str,
+    ) -> Result<(usize, Arc<Slot>), String> {
         let m = &self.metrics;
         let p = partition.to_string();
         let labels = [self.flow.as_str(), topic, p.as_str()];
-        let slot = Arc::new(Slot {
-            topic: topic.to_string(),
+        let slot = Arc::new(Slot::new(
+            topic,
             partition,
-            target: target.to_string(),
-            sent: Padded(AtomicI64::new(0)),
-            ack: Padded(Progress {
-                done: AtomicI64::new(0),
-                acked: AtomicI64::new(-1),
-                last_delta: AtomicI64::new(i64::MIN),
-                last_src: AtomicI64::new(-1),
-                last_tgt: AtomicI64::new(-1),
-                since_sync: AtomicU64::new(0),
-                emitted_src: AtomicI64::new(-1),
-                sync_acked: AtomicI64::new(-1),
-                point_ms: AtomicI64::new(0),
-            }),
-            skip_to: AtomicI64::new(-1),
-            foreign_warned: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            stopped: AtomicBool::new(false),
-            stored: AtomicI64::new(-1),
-            records: m.records.with_label_values(&labels),
-            bytes: m.bytes.with_label_values(&labels),
-            latency: m
-                .replication_latency
-                .with_label_values(&[&self.flow, topic]),
-            age: m.record_age.with_label_values(&[&self.flow, topic]),
-        });
+            target,
+            [
+                m.records.with_label_values(&labels),
+                m.bytes.with_label_values(&labels),
+            ],
+            [
+                m.replication_latency
+                    .with_label_values(&[&self.flow, topic]),
+                m.record_age.with_label_values(&[&self.flow, topic]),
+            ],
+        ));
+        let idx = {
+            let mut t = self.slots.write().map_err(|e| e.to_string())?;
+            t.insert(slot.clone())?
+        };
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let mut index = self.index.lock().expect("index lock");
-        let parts = index.entry(topic.to_string()).or_default();
-        let mut slots = self.slots.write().expect("slots lock");
-        match parts.get(&partition) {
-            Some(&i) => {
-                slots[i] = slot;
-                i
-            }
-            None => {
-                slots.push(slot);
-                let i = slots.len() - 1;
-                parts.insert(partition, i);
-                i
-            }
-        }
+        Ok((idx, slot))
     }
 
     fn unassign(&self, topic: &str, partition: i32) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut index) = self.index.lock() {
-            if let Some(parts) = index.get_mut(topic) {
-                parts.remove(&partition);
-            }
+        if let Ok(mut t) = self.slots.write() {
+            t.remove(topic, partition);
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let p = partition.to_string();
         let _ = self
             .metrics
@@ -407,458 +226,113 @@ impl Shared {
 
     /// The assigned partitions' slots, with their indexes.
     fn assigned(&self) -> Vec<(usize, Arc<Slot>)> {
-        let index = match self.index.lock() {
-            Ok(i) => i,
-            Err(_) => return Vec::new(),
-        };
-        let slots = match self.slots.read() {
-            Ok(s) => s,
-            Err(_) => return Vec::new(),
-        };
-        index
-            .values()
-            .flat_map(|ps| ps.values())
-            .filter_map(|&i| slots.get(i).map(|s| (i, s.clone())))
-            .collect()
+        self.slots.read().map(|t| t.assigned()).unwrap_or_default()
     }
-}
 
-/// Producer context: turns delivery reports into committed positions,
-/// metrics and offset-sync points.
-struct DeliveryCtx {
-    shared: Arc<Shared>,
-    /// The delivery callback's memo of the last slot (only that thread
-    /// locks it).
-    cache: Mutex<SlotCache>,
-}
-
-impl ClientContext for DeliveryCtx {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        log_librdkafka(level, fac, msg)
+    fn mirror_set(&self) -> Arc<MirrorSet> {
+        self.mirror.lock().map(|m| m.clone()).unwrap_or_default()
     }
-    fn stats_raw(&self, json: &[u8]) {
-        crate::metrics::record_client_stats(
-            &self.shared.metrics,
-            &self.shared.flow,
-            "target_producer",
-            json,
-        );
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.shared
-            .metrics
-            .errors
-            .with_label_values(&[&self.shared.flow, "target_client"])
-            .inc();
-        if let Some(suppressed) = self.shared.throttle.allow("target_client") {
-            warn!(flow = %self.shared.flow, %error, suppressed, "target producer: {reason}");
-        }
-    }
-}
 
-fn record_size<M: Message>(m: &M) -> usize {
-    let h = m
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| h.key.len() + h.value.map_or(0, |v| v.len()))
-                .sum()
-        })
-        .unwrap_or(0);
-    m.key().map_or(0, |k| k.len()) + m.payload().map_or(0, |p| p.len()) + h
-}
-
-impl ProducerContext for DeliveryCtx {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let sh = &self.shared;
-        if opaque & SYNC_FLAG != 0 {
-            match result {
-                Ok(_) => {
-                    sh.metrics.offset_syncs.with_label_values(&[&sh.flow]).inc();
-                    let idx = (opaque & !SYNC_FLAG) >> OFFSET_BITS;
-                    let src = (opaque & OFFSET_MASK) as i64;
-                    if let Some(slot) = (idx != NO_SLOT).then(|| sh.slot(idx)).flatten() {
-                        slot.ack.sync_acked.fetch_max(src + 1, Ordering::AcqRel);
-                    }
-                }
-                Err((e, _)) => {
-                    sh.metrics
-                        .errors
-                        .with_label_values(&[&sh.flow, "offset_sync"])
-                        .inc();
-                    warn!(flow = %sh.flow, error = %e, "cannot write an offset-sync point");
-                }
-            }
-            return;
-        }
-        let idx = opaque >> OFFSET_BITS;
-        let src = (opaque & OFFSET_MASK) as i64;
-        // Held to the end: reports may also be served by a thread in
-        // `flush`, and this lock keeps the callback single-threaded (the
-        // progress fields below rely on one writer at a time).
-        let mut cache = match self.cache.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let Some(cached) = sh.slot_at_cached(&mut cache, idx) else {
-            return;
-        };
-        let slot = &cached.slot;
-        match result {
-            Ok(m) => {
-                let tgt = m.offset();
-                // One clock read per report (latency and the point timer).
-                let now = now_ms();
-                let failed = slot.failed();
-                if !failed {
-                    slot.ack.acked.fetch_max(src + 1, Ordering::AcqRel);
-                }
-                cached.records.inc();
-                cached.bytes.inc_by(record_size(m) as u64);
-                if let Some(ts) = m.timestamp().to_millis() {
-                    cached.hist.observe(((now - ts).max(0) as f64) / 1000.0);
-                }
-                // Fields only this callback writes: plain loads and
-                // stores, no locked instructions.
-                let prev_src = slot.ack.last_src.load(Ordering::Relaxed);
-                let prev_tgt = slot.ack.last_tgt.load(Ordering::Relaxed);
-                slot.ack.last_src.store(src, Ordering::Release);
-                slot.ack.last_tgt.store(tgt, Ordering::Release);
-                if prev_src >= 0
-                    && src == prev_src + 1
-                    && tgt > prev_tgt + 1
-                    && !slot.foreign_warned.swap(true, Ordering::AcqRel)
-                {
-                    sh.metrics
-                        .errors
-                        .with_label_values(&[&sh.flow, "foreign_writer"])
-                        .inc();
-                    warn!(
-                        flow = %sh.flow, topic = %slot.topic, partition = slot.partition,
-                        target = %slot.target, source_offset = src, target_offset = tgt,
-                        "another writer produced to the target partition between two mirrored records{}",
-                        if sh.delivery == Delivery::ExactlyOnce {
-                            " (exactly-once cannot hold if a second kmirror process still writes this partition)"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-                // Offset-sync points: where the delta changes, the last
-                // record of the old run and the first of the new one (so
-                // that translation knows no record lies between them);
-                // and every SYNC_EVERY records.
-                let delta = tgt - src;
-                // (An idle point may reset `since_sync` meanwhile; losing
-                // that reset only brings the next point forward.)
-                let n = slot.ack.since_sync.load(Ordering::Relaxed) + 1;
-                slot.ack.since_sync.store(n, Ordering::Relaxed);
-                let changed = slot.ack.last_delta.load(Ordering::Relaxed) != delta;
-                slot.ack.last_delta.store(delta, Ordering::Relaxed);
-                // ... and at least once a second, so that commits (which
-                // wait for a point) keep moving.
-                let due = now - slot.ack.point_ms.load(Ordering::Acquire) >= 1000;
-                if changed || n >= SYNC_EVERY || due {
-                    slot.ack.since_sync.store(0, Ordering::Release);
-                    slot.ack.point_ms.store(now, Ordering::Release);
-                    let emitted = slot.ack.emitted_src.swap(src, Ordering::AcqRel);
-                    if let Ok(mut p) = sh.pending_syncs.lock() {
-                        if changed && prev_src >= 0 && emitted != prev_src {
-                            p.push((idx, slot.sync_point(prev_src, prev_tgt)));
-                        }
-                        p.push((idx, slot.sync_point(src, tgt)));
-                    }
-                }
-            }
-            Err((e, m)) => slot.refuse(src, e, record_size(m)),
-        }
-        let done = slot.ack.done.load(Ordering::Relaxed) + 1;
-        slot.ack.done.store(done, Ordering::Release);
-        slot.ack_skipped();
-    }
-}
-
-/// Consumer context: rebalance handling (drain and commit on revoke,
-/// exactly-once resume on assign) and lag from librdkafka statistics.
-struct FlowConsumerCtx {
-    shared: Arc<Shared>,
-    producer: Mutex<Option<kafka::Polled<DeliveryCtx>>>,
-    eos: Option<Mutex<eos::Resolver>>,
-    drain_timeout: Duration,
-    /// Partitions assigned since the loop last looked (to hold or resume).
-    newly_assigned: Mutex<Vec<(String, i32)>>,
-    /// Set with `newly_assigned` (the loop checks this flag per record,
-    /// not the lock).
-    has_new: AtomicBool,
-}
-
-impl ClientContext for FlowConsumerCtx {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        log_librdkafka(level, fac, msg)
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.shared
-            .metrics
-            .errors
-            .with_label_values(&[&self.shared.flow, "source_client"])
-            .inc();
-        if let Some(suppressed) = self.shared.throttle.allow("source_client") {
-            warn!(flow = %self.shared.flow, %error, suppressed, "source consumer: {reason}");
-        }
-    }
-    fn stats_raw(&self, json: &[u8]) {
-        crate::metrics::record_client_stats(
-            &self.shared.metrics,
-            &self.shared.flow,
-            "source_consumer",
-            json,
-        );
-        #[derive(serde::Deserialize)]
-        struct Stats {
-            #[serde(default)]
-            topics: HashMap<String, TopicStats>,
-        }
-        #[derive(serde::Deserialize)]
-        struct TopicStats {
-            #[serde(default)]
-            partitions: HashMap<String, PartStats>,
-        }
-        #[derive(serde::Deserialize)]
-        struct PartStats {
-            #[serde(default = "minus_one")]
-            hi_offset: i64,
-            #[serde(default = "minus_one")]
-            committed_offset: i64,
-        }
-        fn minus_one() -> i64 {
-            -1
-        }
-        let Ok(stats) = serde_json::from_slice::<Stats>(json) else {
-            return;
-        };
-        for (topic, ts) in stats.topics {
-            for (p, ps) in ts.partitions {
-                let Ok(p) = p.parse::<i32>() else { continue };
-                if p < 0 || ps.hi_offset < 0 {
-                    continue;
-                }
-                if let Some((_, slot)) = self.shared.slot_for(&topic, p) {
-                    let acked = slot.ack.acked.load(Ordering::Acquire);
-                    let pos = if acked >= 0 {
-                        acked
-                    } else {
-                        ps.committed_offset
-                    };
-                    if pos >= 0 {
-                        // Created on the first statistics, so that a lag of
-                        // 0 always means "measured and caught up".
-                        let part = p.to_string();
-                        self.shared
-                            .metrics
-                            .lag
-                            .with_label_values(&[
-                                self.shared.flow.as_str(),
-                                topic.as_str(),
-                                part.as_str(),
-                            ])
-                            .set((ps.hi_offset - pos).max(0));
-                    }
-                }
+    /// Queues points of slot `idx` for writing (called with its ledger
+    /// locked, which counted them as pending).
+    fn queue_points(&self, idx: usize, slot: &Slot, points: &[(i64, i64)]) {
+        if let Ok(mut p) = self.pending_syncs.lock() {
+            for &(s, t) in points {
+                p.push_back((
+                    idx,
+                    OffsetSync {
+                        topic: slot.topic.clone(),
+                        partition: slot.partition,
+                        upstream_offset: s,
+                        downstream_offset: t,
+                    },
+                ));
             }
         }
     }
-}
 
-impl FlowConsumerCtx {
-    fn producer(&self) -> Option<kafka::Polled<DeliveryCtx>> {
-        self.producer.lock().ok().and_then(|p| p.clone())
-    }
-
-    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let mirror = self
-            .shared
-            .mirror
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        let mut parts = Vec::new();
-        for e in tpl.elements() {
-            parts.push((e.topic().to_string(), e.partition()));
-        }
-        for (topic, p) in &parts {
-            debug!(flow = %self.shared.flow, topic = %topic, partition = p, "partition assigned");
-            let target = mirror
-                .get(topic)
-                .map(|m| m.target.clone())
-                .unwrap_or_default();
-            self.shared.assign(topic, *p, &target);
-            if let Some(eos) = &self.eos {
-                let last = self
-                    .shared
-                    .last_syncs
-                    .lock()
+    /// Idle points of `slots` (see [`ledger::Ledger::idle_point`]).
+    fn idle_points(&self, slots: &[Arc<Slot>], force: bool) {
+        let now = now_ms();
+        let table = self.slots.read();
+        for slot in slots {
+            let mut l = slot.ledger();
+            let inflight = slot.inflight_with(&l);
+            if let Some(p) = l.idle_point(inflight, now, force, self.rule) {
+                let idx = table
+                    .as_ref()
                     .ok()
-                    .and_then(|m| m.get(&(topic.clone(), *p)).copied());
-                let resolved = eos
-                    .lock()
-                    .map_err(|e| e.to_string())
-                    .and_then(|mut r| r.resume(topic, &target, *p, last));
-                match resolved {
-                    Ok(Some((pos, points))) => {
-                        info!(flow = %self.shared.flow, topic = %topic, partition = p, offset = pos, points = points.len(), "exactly-once: resuming after the last record found in the target");
-                        let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(pos));
-                        // Points for the records found: a process killed
-                        // before it wrote them leaves them untranslatable.
-                        if let Ok(mut pending) = self.shared.pending_syncs.lock() {
-                            pending.extend(points.into_iter().map(|(up, down)| {
-                                (
-                                    NO_SLOT,
-                                    OffsetSync {
-                                        topic: topic.clone(),
-                                        partition: *p,
-                                        upstream_offset: up,
-                                        downstream_offset: down,
-                                    },
-                                )
-                            }));
-                        }
-                    }
-                    Ok(None) => {
-                        debug!(flow = %self.shared.flow, topic = %topic, partition = p, "exactly-once: target holds nothing of this partition yet; starting from the committed offset");
-                    }
-                    Err(e) => {
-                        self.shared
-                            .metrics
-                            .errors
-                            .with_label_values(&[&self.shared.flow, "eos_resume"])
-                            .inc();
-                        error!(flow = %self.shared.flow, topic = %topic, partition = p, error = %e, "exactly-once: cannot derive the resume position from the target; resuming from the committed offset (records after it may repeat)");
-                    }
+                    .and_then(|t| t.find(&slot.topic, slot.partition))
+                    .filter(|(_, s)| Arc::ptr_eq(s, slot))
+                    .map_or(NO_SLOT, |(i, _)| i);
+                if idx == NO_SLOT {
+                    // A retired slot: nothing waits for the point.
+                    l.point_persisted(p.0);
                 }
+                self.queue_points(idx, slot, &[p]);
             }
         }
-        let r = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
-            _ => consumer.assign(tpl),
-        };
-        if let Err(e) = r {
-            error!(flow = %self.shared.flow, error = %e, "cannot take the assigned partitions");
-        }
-        if let Ok(mut n) = self.newly_assigned.lock() {
-            n.extend(parts);
-        }
-        self.has_new.store(true, Ordering::Release);
     }
 
-    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        // Drain: every record handed to the producer is acknowledged (or
-        // refused) before the partitions move, then their positions are
-        // committed, so the next owner starts where this one stopped.
-        if let Some(p) = self.producer() {
-            produce_syncs(&self.shared, &p);
-            if let Err(e) = p.flush(self.drain_timeout) {
-                warn!(flow = %self.shared.flow, error = %e, "revoke: producer did not drain in time; unacknowledged records will be mirrored again by the next owner");
-            }
-            // A point for the last record of each partition, so that the
-            // commit can reach it.
-            emit_idle_points(&self.shared, &self.shared.assigned(), true);
-            produce_syncs(&self.shared, &p);
-            let _ = p.flush(self.drain_timeout);
+    /// Asks the flow to restart with fresh clients (the first reason wins).
+    fn request_restart(&self, reason: &'static str, why: String) {
+        if let Ok(mut r) = self.restart.lock() {
+            r.get_or_insert((reason, why));
         }
-        let mut commit = TopicPartitionList::new();
-        for e in tpl.elements() {
-            if let Some((_, slot)) = self.shared.slot_for(e.topic(), e.partition()) {
-                let acked = slot.commit_position();
-                if acked >= 0 {
-                    let _ = commit.add_partition_offset(
-                        e.topic(),
-                        e.partition(),
-                        Offset::Offset(acked),
-                    );
-                }
-            }
-        }
-        if commit.count() > 0 {
-            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                warn!(flow = %self.shared.flow, error = %e, "revoke: commit failed");
-            }
-        }
-        for e in tpl.elements() {
-            debug!(flow = %self.shared.flow, topic = e.topic(), partition = e.partition(), "partition revoked");
-            self.shared.unassign(e.topic(), e.partition());
-        }
-        let r = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
-            _ => consumer.unassign(),
-        };
-        if let Err(e) = r {
-            warn!(flow = %self.shared.flow, error = %e, "cannot release the revoked partitions");
-        }
-        info!(flow = %self.shared.flow, partitions = tpl.count(), "partitions revoked after draining");
+    }
+
+    fn restart_requested(&self) -> Option<(&'static str, String)> {
+        self.restart.lock().ok().and_then(|r| r.clone())
     }
 }
 
-impl ConsumerContext for FlowConsumerCtx {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
-            other => {
-                let code: RDKafkaErrorCode = other.into();
-                error!(flow = %self.shared.flow, error = %code, "rebalance error");
-                let _ = consumer.unassign();
-            }
-        }
-    }
-}
-
-fn produce_syncs(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>) {
-    let syncs: Vec<(usize, OffsetSync)> = match sh.pending_syncs.lock() {
-        Ok(mut p) => std::mem::take(&mut *p),
-        Err(_) => return,
-    };
-    if syncs.is_empty() {
-        return;
-    }
+/// Hands the pending offset-sync points to the producer. When its queue
+/// stays full until `deadline`, the points left are kept for the next call
+/// (commits wait for them; nothing is dropped, nothing spins for ever).
+fn produce_syncs(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>, deadline: Instant) {
     let topic = offset_syncs_topic(&sh.source_alias);
-    for (idx, s) in syncs {
+    loop {
+        let Some((idx, s)) = sh.pending_syncs.lock().ok().and_then(|mut p| p.pop_front()) else {
+            return;
+        };
         let (k, v) = (s.key(), s.value());
-        let idx = if idx < NO_SLOT { idx } else { NO_SLOT };
-        let opaque = SYNC_FLAG | (idx << OFFSET_BITS) | (s.upstream_offset as usize & OFFSET_MASK);
-        if let Ok(mut m) = sh.last_syncs.lock() {
-            m.insert(
-                (s.topic.clone(), s.partition),
-                (s.upstream_offset, s.downstream_offset),
-            );
-        }
+        let opaque = SYNC_FLAG
+            | (idx.min(NO_SLOT) << OFFSET_BITS)
+            | (s.upstream_offset as usize & OFFSET_MASK);
         let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&topic, opaque)
             .partition(0)
             .key(&k[..])
             .payload(&v[..]);
         loop {
             match producer.send(rec) {
-                Ok(()) => break,
-                Err((e, back)) => {
-                    if matches!(
-                        e,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                    ) {
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(2));
-                        continue;
+                Ok(()) => {
+                    if let Ok(mut m) = sh.last_syncs.lock() {
+                        m.insert(
+                            (s.topic.clone(), s.partition),
+                            (s.upstream_offset, s.downstream_offset),
+                        );
+                    }
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if Instant::now() >= deadline {
+                        if let Ok(mut p) = sh.pending_syncs.lock() {
+                            p.push_front((idx, s));
+                        }
+                        return;
+                    }
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => {
+                    if let Some(slot) = (idx < NO_SLOT).then(|| sh.slot(idx)).flatten() {
+                        slot.ledger().point_failed(s.upstream_offset);
                     }
                     sh.metrics
                         .errors
                         .with_label_values(&[&sh.flow, "offset_sync"])
                         .inc();
-                    warn!(flow = %sh.flow, error = %e, "cannot queue an offset-sync point");
+                    warn!(flow = %sh.flow, error = %e, "cannot queue an offset-sync point; commits wait for the next one");
                     break;
                 }
             }
@@ -866,7 +340,17 @@ fn produce_syncs(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>) {
     }
 }
 
+/// How a run of the flow ended.
+#[derive(Debug)]
+enum Exit {
+    /// Shutdown was requested.
+    Stopped,
+    /// Restart with fresh clients: (metric reason, why).
+    Restart(&'static str, String),
+}
+
 /// Everything one flow's replicator needs.
+#[derive(Clone)]
 pub struct Replicator {
     /// The flow.
     pub flow: FlowConfig,
@@ -886,24 +370,60 @@ pub struct Replicator {
 
 impl Replicator {
     /// Runs the flow on the calling thread until `shutdown` is cancelled,
-    /// then drains, commits and returns.
-    pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// then drains, commits and returns. A run that must restart (fatal
+    /// producer error, purged producer) or fails is started again with
+    /// fresh clients after a backoff (1 s, doubling to 30 s).
+    pub fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let flow = self.flow.name.clone();
+        self.metrics.init_flow(&flow);
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            let (reason, why) = match self.clone().run_once(&shutdown) {
+                Ok(Exit::Stopped) => return Ok(()),
+                Ok(Exit::Restart(reason, why)) => (reason, why),
+                Err(e) => ("error", format!("{e:#}")),
+            };
+            self.metrics
+                .flow_restarts
+                .with_label_values(&[&flow, reason])
+                .inc();
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+            error!(flow = %flow, reason, error = %why, retry_in = ?backoff, "flow restarts with fresh clients");
+            let until = Instant::now() + backoff;
+            while Instant::now() < until {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn run_once(self, shutdown: &CancellationToken) -> anyhow::Result<Exit> {
         let flow = self.flow.name.clone();
         let m = self.metrics.clone();
-        m.init_flow(&flow);
+        let interval_ms = self.runtime.commit_interval.as_millis().max(1) as i64;
         let shared = Arc::new(Shared {
             flow: flow.clone(),
             source_alias: self.source.alias.clone(),
             delivery: self.flow.delivery,
             metrics: m.clone(),
-            slots: RwLock::new(Vec::new()),
-            index: Mutex::new(HashMap::new()),
-            pending_syncs: Mutex::new(Vec::new()),
+            slots: RwLock::new(SlotTable::default()),
+            pending_syncs: Mutex::new(VecDeque::new()),
             last_syncs: Mutex::new(HashMap::new()),
             mirror: Mutex::new(Arc::new(MirrorSet::new())),
             queue: m.producer_queue.with_label_values(&[&flow]),
             throttle: LogThrottle::default(),
             generation: AtomicU64::new(0),
+            rule: PointRule {
+                every: SYNC_EVERY,
+                interval_ms,
+            },
+            restart: Mutex::new(None),
         });
         let group = self.flow.group_id(&self.source.alias, &self.target.alias);
         let client_id = format!("kmirror-{}-{}", flow, std::process::id());
@@ -952,155 +472,672 @@ impl Replicator {
                 drain_timeout: self.runtime.shutdown_timeout,
                 newly_assigned: Mutex::new(Vec::new()),
                 has_new: AtomicBool::new(false),
+                backpressured: AtomicBool::new(false),
             },
         )?;
         info!(flow = %flow, group = %group, delivery = %self.flow.delivery, "flow started");
 
-        let mut subscribed: BTreeSet<String> = BTreeSet::new();
-        let mut held: BTreeSet<(String, i32)> = BTreeSet::new();
-        let mut stopped: BTreeSet<(String, i32)> = BTreeSet::new();
-        let mut last_house = Instant::now();
-        let mut since_clock = 0u32;
-        let mut cache: SlotCache = None;
-        let provenance_skip = self
-            .flow
-            .provenance_header
-            .then(|| self.target.alias.clone());
-        let provenance_add = self
-            .flow
-            .provenance_header
-            .then(|| self.source.alias.clone());
-        self.mirror.mark_changed();
+        let fatal_after = std::env::var("KMIRROR_TEST_FATAL_AFTER")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut mirror = self.mirror.clone();
+        mirror.mark_changed();
+        let mut l = FlowLoop {
+            sh: shared,
+            consumer,
+            producer,
+            mirror,
+            health: self.health.clone(),
+            shutdown: shutdown.clone(),
+            runtime: self.runtime.clone(),
+            provenance_skip: self
+                .flow
+                .provenance_header
+                .then(|| self.target.alias.clone()),
+            provenance_add: self
+                .flow
+                .provenance_header
+                .then(|| self.source.alias.clone()),
+            subscribed: BTreeSet::new(),
+            holds: BTreeMap::new(),
+            stopped: BTreeSet::new(),
+            pending: VecDeque::new(),
+            resume_at: 0,
+            backoff: Duration::from_millis(1),
+            waited: Duration::ZERO,
+            cache: None,
+            last_house: Instant::now(),
+            last_hold_check: Instant::now(),
+            forwarded: 0,
+            fatal_after,
+        };
+        let exit = l.run();
+        l.finish(&exit);
+        Ok(exit)
+    }
+}
 
+/// Why a partition is held (paused by the flow, not by an error).
+struct Hold {
+    /// The target topic does not have the partition yet.
+    target_missing: bool,
+    /// Exactly-once: the resume position is still to be derived (the last
+    /// error, "" before the first try).
+    unresolved: Option<String>,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+/// What [`forward`] did with a record.
+enum Forwarded {
+    /// Sent, skipped, or passed over (held, blocked, unassigned).
+    Done,
+    /// The producer queue is full: the record was not sent.
+    Full(Arc<Slot>),
+}
+
+/// One run of a flow: the consume loop and its state.
+struct FlowLoop {
+    sh: Arc<Shared>,
+    consumer: BaseConsumer<FlowConsumerCtx>,
+    producer: kafka::Polled<DeliveryCtx>,
+    mirror: watch::Receiver<Arc<MirrorSet>>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    runtime: RuntimeConfig,
+    provenance_skip: Option<String>,
+    provenance_add: Option<String>,
+    subscribed: BTreeSet<String>,
+    holds: BTreeMap<(String, i32), Hold>,
+    /// Partitions stopped by a refused record.
+    stopped: BTreeSet<(String, i32)>,
+    /// Records taken from the consumer and not yet handed to the producer
+    /// (its queue was full), in consume order; non-empty = backpressure.
+    pending: VecDeque<(Arc<Slot>, OwnedMessage)>,
+    /// Backpressure: records are handed over again once the producer
+    /// queue holds at most this many.
+    resume_at: i32,
+    backoff: Duration,
+    waited: Duration,
+    cache: SlotCache,
+    last_house: Instant,
+    last_hold_check: Instant,
+    forwarded: u64,
+    fatal_after: Option<u64>,
+}
+
+impl FlowLoop {
+    fn flow(&self) -> &str {
+        &self.sh.flow
+    }
+
+    /// Consumes and forwards until a stop or a restart is asked for.
+    fn run(&mut self) -> Exit {
+        // The stop request, the topic set and new assignments are looked
+        // at after an empty poll and every 64 records (the token's check
+        // takes a lock; not for every record).
+        let mut since_check = 0u32;
         loop {
-            // Every 64 records and after an empty poll (`since_clock` is
-            // 0): the stop request and the topic set are looked at (the
-            // token's check takes a lock; not for every record).
-            if since_clock == 0 && shutdown.is_cancelled() {
-                break;
-            }
-            if since_clock == 0 && self.mirror.has_changed().unwrap_or(false) {
-                let set = self.mirror.borrow_and_update().clone();
-                if let Ok(mut cur) = shared.mirror.lock() {
-                    *cur = set.clone();
+            if since_check == 0 {
+                if let Some(exit) = self.exit_requested() {
+                    return exit;
                 }
-                let want: BTreeSet<String> = set.keys().cloned().collect();
-                if want != subscribed {
-                    let topics: Vec<&str> = want.iter().map(String::as_str).collect();
-                    if topics.is_empty() {
-                        consumer.unsubscribe();
-                    } else if let Err(e) = consumer.subscribe(&topics) {
-                        error!(flow = %flow, error = %e, "cannot subscribe");
-                    }
-                    for t in want.difference(&subscribed) {
-                        info!(flow = %flow, topic = %t, target = %set[t].target, "mirroring topic");
-                    }
-                    for t in subscribed.difference(&want) {
-                        info!(flow = %flow, topic = %t, "topic no longer selected; stopped mirroring it (records already mirrored stay)");
-                    }
-                    subscribed = want;
+                self.follow_mirror_set();
+                self.take_assignments();
+                if self.last_hold_check.elapsed() >= Duration::from_millis(500) {
+                    self.last_hold_check = Instant::now();
+                    self.retry_holds();
                 }
-                // Held partitions whose target partition now exists resume.
-                let ready: Vec<(String, i32)> = held
-                    .iter()
-                    .filter(|(t, p)| set.get(t).is_some_and(|m| *p < m.target_partitions))
-                    .cloned()
-                    .collect();
-                for (t, p) in ready {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&t, p);
-                    if consumer.resume(&tpl).is_ok() {
-                        info!(flow = %flow, topic = %t, partition = p, "target partition exists now; mirroring resumes");
-                        held.remove(&(t, p));
-                    }
+                if self.last_house.elapsed() >= Duration::from_millis(100) {
+                    self.housekeeping();
                 }
             }
-            // (Assignments happen inside `poll`, on this thread.)
-            let newly: Vec<(String, i32)> = if consumer.context().has_new.load(Ordering::Relaxed)
-                && consumer.context().has_new.swap(false, Ordering::AcqRel)
-            {
-                consumer
-                    .context()
-                    .newly_assigned
-                    .lock()
-                    .map(|mut n| std::mem::take(&mut *n))
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            if !newly.is_empty() {
-                let set = shared.mirror.lock().map(|m| m.clone()).unwrap_or_default();
-                for (t, p) in newly {
-                    let tp = set.get(&t).map_or(0, |m| m.target_partitions);
-                    if p >= tp {
-                        let mut tpl = TopicPartitionList::new();
-                        tpl.add_partition(&t, p);
-                        let _ = consumer.pause(&tpl);
-                        if tp > 0 {
-                            m.errors
-                                .with_label_values(&[&flow, "partition_mismatch"])
-                                .inc();
-                        }
-                        warn!(flow = %flow, topic = %t, partition = p, target_partitions = tp, "partition held: the target topic does not have it yet");
-                        held.insert((t, p));
-                    }
-                }
+            since_check = (since_check + 1) % 64;
+            if !self.pending.is_empty() {
+                self.wait_for_room();
+                since_check = 0;
+                continue;
             }
-
-            // The clock is read after an empty poll and every 64 records.
-            let due = since_clock == 0 && last_house.elapsed() >= Duration::from_millis(100);
-            since_clock = (since_clock + 1) % 64;
-            if due {
-                last_house = Instant::now();
-                if let Some(c) = &cache {
-                    c.flush();
-                }
-                housekeeping(&shared, &consumer, &producer, &mut stopped);
-                m.partitions_paused
-                    .with_label_values(&[&flow, "held"])
-                    .set(held.len() as i64);
-                let assigned = shared.assigned().len();
-                m.partitions_assigned
-                    .with_label_values(&[&flow])
-                    .set(assigned as i64);
-                self.health.set_flow(&flow, assigned > 0, stopped.len());
-            }
-
-            let msg = match consumer.poll(Duration::from_millis(100)) {
+            let full = match self.consumer.poll(Duration::from_millis(100)) {
                 None => {
-                    since_clock = 0;
+                    since_check = 0;
                     continue;
                 }
                 Some(Err(e)) => {
-                    m.errors.with_label_values(&[&flow, "consume"]).inc();
-                    if let Some(suppressed) = shared.throttle.allow("consume") {
-                        warn!(flow = %flow, error = %e, suppressed, "consume error");
+                    self.sh
+                        .metrics
+                        .errors
+                        .with_label_values(&[&self.sh.flow, "consume"])
+                        .inc();
+                    if let Some(suppressed) = self.sh.throttle.allow("consume") {
+                        warn!(flow = %self.sh.flow, error = %e, suppressed, "consume error");
                     }
                     continue;
                 }
-                Some(Ok(msg)) => msg,
+                Some(Ok(msg)) => match forward(
+                    &self.sh,
+                    &mut self.cache,
+                    &self.producer,
+                    &msg,
+                    true,
+                    self.provenance_skip.as_deref(),
+                    self.provenance_add.as_deref(),
+                ) {
+                    Forwarded::Done => None,
+                    Forwarded::Full(slot) => Some((slot, msg.detach())),
+                },
             };
-            forward(
-                &shared,
-                &mut cache,
-                &producer,
-                &msg,
-                provenance_skip.as_deref(),
-                provenance_add.as_deref(),
-                &shutdown,
+            if let Some(p) = full {
+                self.pending.push_back(p);
+                self.enter_backpressure();
+            } else {
+                self.forwarded += 1;
+                if self.fatal_after == Some(self.forwarded) {
+                    warn!(flow = %self.sh.flow, "KMIRROR_TEST_FATAL_AFTER: raising a fatal producer error (test hook)");
+                    kafka::fault::raise_fatal(&*self.producer);
+                }
+            }
+        }
+    }
+
+    fn exit_requested(&self) -> Option<Exit> {
+        if self.shutdown.is_cancelled() {
+            return Some(Exit::Stopped);
+        }
+        self.sh
+            .restart_requested()
+            .map(|(reason, why)| Exit::Restart(reason, why))
+    }
+
+    /// Subscribes to the mirror set's topics; ends holds whose target
+    /// partition exists now.
+    fn follow_mirror_set(&mut self) {
+        if !self.mirror.has_changed().unwrap_or(false) {
+            return;
+        }
+        let set = self.mirror.borrow_and_update().clone();
+        if let Ok(mut cur) = self.sh.mirror.lock() {
+            *cur = set.clone();
+        }
+        let want: BTreeSet<String> = set.keys().cloned().collect();
+        if want != self.subscribed {
+            let topics: Vec<&str> = want.iter().map(String::as_str).collect();
+            if topics.is_empty() {
+                self.consumer.unsubscribe();
+            } else if let Err(e) = self.consumer.subscribe(&topics) {
+                error!(flow = %self.flow(), error = %e, "cannot subscribe");
+            }
+            for t in want.difference(&self.subscribed) {
+                info!(flow = %self.flow(), topic = %t, target = %set[t].target, "mirroring topic");
+            }
+            for t in self.subscribed.difference(&want) {
+                info!(flow = %self.flow(), topic = %t, "topic no longer selected; stopped mirroring it (records already mirrored stay)");
+            }
+            self.subscribed = want;
+        }
+        let mut ready = Vec::new();
+        for ((t, p), h) in self.holds.iter_mut() {
+            if h.target_missing && set.get(t).is_some_and(|m| *p < m.target_partitions) {
+                h.target_missing = false;
+                h.next_try = Instant::now();
+                info!(flow = %self.sh.flow, topic = %t, partition = p, "target partition exists now");
+                if h.unresolved.is_none() {
+                    ready.push((t.clone(), *p));
+                }
+            }
+        }
+        for (t, p) in ready {
+            self.release(&t, p, None);
+        }
+    }
+
+    /// Partitions assigned inside the last polls: their holds.
+    fn take_assignments(&mut self) {
+        let ctx = self.consumer.context();
+        if !(ctx.has_new.load(Ordering::Relaxed) && ctx.has_new.swap(false, Ordering::AcqRel)) {
+            return;
+        }
+        let newly: Vec<Assigned> = ctx
+            .newly_assigned
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default();
+        for a in newly {
+            let key = (a.topic.clone(), a.partition);
+            self.stopped.remove(&key);
+            if !(a.target_missing || a.unresolved.is_some()) {
+                self.holds.remove(&key);
+                continue;
+            }
+            if a.target_missing {
+                let tp = self
+                    .sh
+                    .mirror_set()
+                    .get(&a.topic)
+                    .map_or(0, |m| m.target_partitions);
+                if tp > 0 {
+                    self.sh
+                        .metrics
+                        .errors
+                        .with_label_values(&[&self.sh.flow, "partition_mismatch"])
+                        .inc();
+                }
+                warn!(flow = %self.sh.flow, topic = %a.topic, partition = a.partition, target_partitions = tp, "partition held: the target topic does not have it yet");
+            }
+            self.holds.insert(
+                key,
+                Hold {
+                    target_missing: a.target_missing,
+                    unresolved: a.unresolved,
+                    next_try: Instant::now() + Duration::from_secs(1),
+                    backoff: Duration::from_secs(1),
+                },
             );
         }
+    }
 
-        info!(flow = %flow, "stopping: draining the producer and committing");
-        produce_syncs(&shared, &producer);
-        if let Err(e) = producer.flush(self.runtime.shutdown_timeout) {
-            warn!(flow = %flow, error = %e, "producer did not drain before the deadline; unacknowledged records are not committed and will be mirrored again");
+    /// Exactly-once: tries again to derive the resume position of held
+    /// partitions (1 s, doubling to 30 s); a derived one is resumed there.
+    fn retry_holds(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, i32)> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| !h.target_missing && h.unresolved.is_some() && h.next_try <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (t, p) in due {
+            let Some((_, slot)) = self.sh.slot_for(&t, p) else {
+                self.holds.remove(&(t, p));
+                continue;
+            };
+            let target = self
+                .sh
+                .mirror_set()
+                .get(&t)
+                .map(|m| m.target.clone())
+                .unwrap_or_else(|| slot.target.clone());
+            match self.consumer.context().resolve(&t, &target, p) {
+                Ok(pos) => {
+                    info!(flow = %self.sh.flow, topic = %t, partition = p, "exactly-once: resume position derived; the partition is no longer held");
+                    if let Some(h) = self.holds.get_mut(&(t.clone(), p)) {
+                        h.unresolved = None;
+                    }
+                    self.release(&t, p, pos);
+                }
+                Err(e) => {
+                    self.sh
+                        .metrics
+                        .errors
+                        .with_label_values(&[&self.sh.flow, "eos_resume"])
+                        .inc();
+                    if let Some(h) = self.holds.get_mut(&(t.clone(), p)) {
+                        if h.unresolved.as_deref() != Some(e.as_str()) {
+                            error!(flow = %self.sh.flow, topic = %t, partition = p, error = %e, "exactly-once: still cannot derive the resume position; the partition stays held");
+                        }
+                        h.unresolved = Some(e);
+                        h.next_try = Instant::now() + h.backoff;
+                        h.backoff = (h.backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
         }
-        emit_idle_points(&shared, &shared.assigned(), true);
-        produce_syncs(&shared, &producer);
-        let _ = producer.flush(Duration::from_secs(5));
-        housekeeping(&shared, &consumer, &producer, &mut stopped);
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    }
+
+    /// Ends a hold: seeks to `to` (or back to the first record passed over
+    /// while held) and resumes.
+    fn release(&mut self, topic: &str, partition: i32, to: Option<i64>) {
+        if self
+            .holds
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|h| h.target_missing || h.unresolved.is_some())
+        {
+            return;
+        }
+        self.holds.remove(&(topic.to_string(), partition));
+        let Some((_, slot)) = self.sh.slot_for(topic, partition) else {
+            return;
+        };
+        let passed = slot.passed_from.load(Ordering::Acquire);
+        let seek = to.or((passed >= 0).then_some(passed));
+        if let Some(o) = seek {
+            if let Err(e) =
+                self.consumer
+                    .seek(topic, partition, Offset::Offset(o), Duration::from_secs(10))
+            {
+                // Without the seek the partition would skip records: keep
+                // it held and try again.
+                error!(flow = %self.sh.flow, topic = %topic, partition, offset = o, error = %e, "cannot seek a held partition; it stays held");
+                self.holds.insert(
+                    (topic.to_string(), partition),
+                    Hold {
+                        target_missing: false,
+                        unresolved: Some(format!("seek failed: {e}")),
+                        next_try: Instant::now() + Duration::from_secs(1),
+                        backoff: Duration::from_secs(2),
+                    },
+                );
+                return;
+            }
+        }
+        slot.passed_from.store(-1, Ordering::Release);
+        slot.held.store(false, Ordering::Release);
+        if self.pending.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            let _ = self.consumer.resume(&tpl);
+        }
+    }
+
+    /// The producer queue is full: pause every partition (the consumer is
+    /// still polled, so the member stays in its group and rebalances are
+    /// served) until half of it has drained.
+    fn enter_backpressure(&mut self) {
+        self.consumer
+            .context()
+            .backpressured
+            .store(true, Ordering::Release);
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&a);
+        }
+        self.resume_at = self.producer.in_flight_count() / 2;
+        self.backoff = Duration::from_millis(1);
+        self.waited = Duration::ZERO;
+        self.sh
+            .metrics
+            .partitions_paused
+            .with_label_values(&[&self.sh.flow, "backpressure"])
+            .set(1);
+    }
+
+    fn leave_backpressure(&mut self) {
+        self.consumer
+            .context()
+            .backpressured
+            .store(false, Ordering::Release);
+        let mut tpl = TopicPartitionList::new();
+        for (_, s) in self.sh.assigned() {
+            let key = (s.topic.clone(), s.partition);
+            if !self.holds.contains_key(&key) && !self.stopped.contains(&key) && !s.is_blocked() {
+                tpl.add_partition(&s.topic, s.partition);
+            }
+        }
+        if tpl.count() > 0 {
+            let _ = self.consumer.resume(&tpl);
+        }
+        self.sh
+            .metrics
+            .partitions_paused
+            .with_label_values(&[&self.sh.flow, "backpressure"])
+            .set(0);
+    }
+
+    /// Backpressure: hands the held-back records over once there is room;
+    /// meanwhile polls the consumer (rebalances) and keeps house.
+    fn wait_for_room(&mut self) {
+        if self.producer.in_flight_count() <= self.resume_at {
+            while let Some((slot, msg)) = self.pending.front() {
+                if slot.revoked.load(Ordering::Acquire) || slot.is_blocked() {
+                    // Never sent, so never committed: the next owner (or
+                    // the restart) reads it again.
+                    self.pending.pop_front();
+                    continue;
+                }
+                match forward(
+                    &self.sh,
+                    &mut self.cache,
+                    &self.producer,
+                    msg,
+                    false,
+                    self.provenance_skip.as_deref(),
+                    self.provenance_add.as_deref(),
+                ) {
+                    Forwarded::Done => {
+                        self.pending.pop_front();
+                    }
+                    Forwarded::Full(_) => {
+                        self.resume_at = self.producer.in_flight_count() / 2;
+                        break;
+                    }
+                }
+            }
+            if self.pending.is_empty() {
+                self.leave_backpressure();
+                return;
+            }
+        }
+        if self.shutdown.is_cancelled() || self.sh.restart_requested().is_some() {
+            self.abandon_pending();
+            return;
+        }
+        // 1 ms steps while the pipe is merely busy; after 100 ms of waiting
+        // (a slow or down target) the steps grow to 50 ms.
+        if let Some(Ok(msg)) = self.consumer.poll(self.backoff) {
+            // Fetched before the pause applied: queued behind the others.
+            if let Some((_, slot)) = self.sh.slot_for(msg.topic(), msg.partition()) {
+                self.pending.push_back((slot, msg.detach()));
+            }
+        }
+        self.waited += self.backoff;
+        if self.waited > Duration::from_millis(100) {
+            self.backoff = (self.backoff * 2).min(Duration::from_millis(50));
+        }
+        self.take_assignments();
+        if self.last_house.elapsed() >= Duration::from_millis(100) {
+            self.housekeeping();
+        }
+    }
+
+    /// Stopping with records held back: none of them is sent, and the
+    /// ledger of each partition is blocked at the first, so that no commit
+    /// or point passes it.
+    fn abandon_pending(&mut self) {
+        for (slot, msg) in self.pending.drain(..) {
+            slot.ledger().unsent(msg.offset());
+            slot.set_blocked();
+        }
+    }
+
+    /// Every 100 ms: stores commit positions, reports stopped partitions,
+    /// writes points, frees drained slots, updates metrics and health.
+    fn housekeeping(&mut self) {
+        self.last_house = Instant::now();
+        let sh = self.sh.clone();
+        if let Some(c) = &self.cache {
+            c.flush();
+        }
+        if let Some(c) = self
+            .producer
+            .context()
+            .cache
+            .lock()
+            .ok()
+            .as_deref()
+            .and_then(Option::as_ref)
+        {
+            c.flush();
+        }
+        sh.queue.set(self.producer.in_flight_count() as i64);
+        let in_use = sh.slots.write().map(|mut t| {
+            t.reap();
+            t.in_use()
+        });
+        let slots: Vec<Arc<Slot>> = sh.assigned().into_iter().map(|(_, s)| s).collect();
+        let mut store = TopicPartitionList::new();
+        let mut stored = Vec::new();
+        for slot in &slots {
+            if let Some(pos) = slot.commit_position() {
+                if pos > slot.stored.load(Ordering::Relaxed)
+                    && store
+                        .add_partition_offset(&slot.topic, slot.partition, Offset::Offset(pos))
+                        .is_ok()
+                {
+                    stored.push((slot.clone(), pos));
+                }
+            }
+        }
+        if store.count() > 0 {
+            match self.consumer.store_offsets(&store) {
+                Ok(()) => {
+                    for (slot, pos) in stored {
+                        slot.stored.store(pos, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => debug!(flow = %sh.flow, error = %e, "cannot store offsets"),
+            }
+        }
+        for slot in &slots {
+            self.report_block(slot);
+        }
+        sh.idle_points(&slots, false);
+        produce_syncs(
+            &sh,
+            &self.producer,
+            Instant::now() + Duration::from_millis(50),
+        );
+        let unresolved = self
+            .holds
+            .values()
+            .filter(|h| h.unresolved.is_some())
+            .count();
+        let held = self.holds.len() - unresolved;
+        let m = &sh.metrics;
+        m.partitions_paused
+            .with_label_values(&[&sh.flow, "held"])
+            .set(held as i64);
+        m.partitions_paused
+            .with_label_values(&[&sh.flow, "unresolved"])
+            .set(unresolved as i64);
+        m.partitions_assigned
+            .with_label_values(&[&sh.flow])
+            .set(slots.len() as i64);
+        self.health
+            .set_flow(&sh.flow, !slots.is_empty(), self.stopped.len());
+        self.health.set_unresolved(&sh.flow, unresolved);
+        if let Ok(n) = in_use {
+            if n > slots.len() + 1000 {
+                debug!(flow = %sh.flow, slots = n, assigned = slots.len(), "slots draining");
+            }
+        }
+    }
+
+    /// A blocked partition, once nothing of it is in flight: paused, and a
+    /// refusal is reported (ERROR, metric, /readyz).
+    fn report_block(&mut self, slot: &Arc<Slot>) {
+        if !slot.is_blocked() {
+            return;
+        }
+        let b = {
+            let mut l = slot.ledger();
+            let inflight = slot.inflight_with(&l);
+            match l.block_mut() {
+                Some(b) if !b.reported && inflight == 0 => {
+                    b.reported = true;
+                    b.clone()
+                }
+                _ => return,
+            }
+        };
+        let sh = &self.sh;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&slot.topic, slot.partition);
+        let _ = self.consumer.pause(&tpl);
+        match &b.cause {
+            // Purged or fatal: the flow restarts (and resumes from what was
+            // written); never sent: the flow is stopping.
+            Cause::NotWritten(_) | Cause::Unsent => {}
+            Cause::OutOfOrder { previous } => {
+                self.stopped.insert((slot.topic.clone(), slot.partition));
+                sh.metrics
+                    .errors
+                    .with_label_values(&[&sh.flow, "produce"])
+                    .inc();
+                error!(flow = %sh.flow, topic = %slot.topic, partition = slot.partition, offset = b.at, previous, "delivery reports arrived out of order: partition stopped, nothing from offset {} on is committed; restart kmirror to resume", b.at);
+            }
+            Cause::Refused { error, .. } => {
+                self.stopped.insert((slot.topic.clone(), slot.partition));
+                sh.metrics
+                    .errors
+                    .with_label_values(&[&sh.flow, "produce"])
+                    .inc();
+                // The broker refuses a whole batch for one oversized record:
+                // name the largest refused record as the one really refused.
+                let too_large = b
+                    .refused
+                    .iter()
+                    .filter(|(_, _, c)| *c == Some(RDKafkaErrorCode::MessageSizeTooLarge))
+                    .max_by_key(|(_, size, _)| *size);
+                let (offset, size) = match too_large {
+                    Some((o, s, _)) => (*o, *s),
+                    None => b
+                        .refused
+                        .iter()
+                        .min_by_key(|(o, _, _)| *o)
+                        .map(|(o, s, _)| (*o, *s))
+                        .unwrap_or((b.at, 0)),
+                };
+                let again = if b.acked_after > 0 {
+                    format!(
+                        "; {} record(s) of later batches were written and will be written again when the partition resumes{}",
+                        b.acked_after,
+                        if sh.delivery == Delivery::ExactlyOnce { " (exactly-once cannot hold for them)" } else { "" }
+                    )
+                } else {
+                    String::new()
+                };
+                error!(
+                    flow = %sh.flow, topic = %slot.topic, partition = slot.partition, target = %slot.target,
+                    offset, record_bytes = size, refused_in_batch = b.refused.len(), resume_offset = b.at,
+                    acked_after = b.acked_after, reason = %error,
+                    "the target refused a record: partition stopped, nothing from offset {} on is committed (the broker refuses the whole batch; `offset` names the largest record of it){again}; fix the cause (e.g. raise the target topic's max.message.bytes) and restart kmirror to resume",
+                    b.at
+                );
+            }
+        }
+        sh.metrics
+            .partitions_paused
+            .with_label_values(&[&sh.flow, "stopped"])
+            .set(self.stopped.len() as i64);
+    }
+
+    /// After the loop: hand nothing more over, drain what was sent (purge
+    /// what the target does not take in time), write the last points,
+    /// commit, and leave the group.
+    fn finish(mut self, exit: &Exit) {
+        let flow = self.sh.flow.clone();
+        let sh = self.sh.clone();
+        self.abandon_pending();
+        // A restart means the target is failing (fatal producer, purge):
+        // do not wait long for it.
+        let timeout = match exit {
+            Exit::Stopped => self.runtime.shutdown_timeout,
+            Exit::Restart(..) => Duration::from_secs(5),
+        };
+        info!(flow = %flow, "stopping: draining the producer and committing");
+        let slots: Vec<Arc<Slot>> = sh.assigned().into_iter().map(|(_, s)| s).collect();
+        let mut drained = drain(&sh, &self.producer, &slots, Instant::now() + timeout);
+        if drained {
+            sh.idle_points(&slots, true);
+            drained = drain(
+                &sh,
+                &self.producer,
+                &slots,
+                Instant::now() + Duration::from_secs(5),
+            );
+        }
+        if !drained {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            let _ = drain(
+                &sh,
+                &self.producer,
+                &slots,
+                Instant::now() + Duration::from_secs(5),
+            );
+            warn!(flow = %flow, "the target did not acknowledge everything before the deadline; the rest was purged and is not committed (it will be mirrored again)");
+        }
+        self.housekeeping();
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
                 warn!(flow = %flow, error = %e, "final commit failed");
             }
@@ -1108,175 +1145,105 @@ impl Replicator {
         // Close: the revoke callback drains and commits again (quickly),
         // then the consumer leaves the group so that its partitions move at
         // once instead of after the session timeout.
-        match consumer.close_queue() {
+        match self.consumer.close_queue() {
             Ok(()) => {
                 let deadline = Instant::now() + self.runtime.shutdown_timeout;
-                while !consumer.closed() && Instant::now() < deadline {
-                    let _ = consumer.poll(Duration::from_millis(50));
+                while !self.consumer.closed() && Instant::now() < deadline {
+                    let _ = self.consumer.poll(Duration::from_millis(50));
                 }
             }
             Err(e) => warn!(flow = %flow, error = %e, "cannot close the consumer cleanly"),
         }
-        if let Ok(mut p) = consumer.context().producer.lock() {
+        if let Ok(mut p) = self.consumer.context().producer.lock() {
             p.take();
         }
-        drop(consumer);
+        self.health.set_flow(&flow, false, 0);
+        self.health.set_unresolved(&flow, 0);
         info!(flow = %flow, "flow stopped");
-        Ok(())
     }
 }
 
-/// Stores acknowledged positions for commit, reports stopped partitions
-/// and writes pending offset-sync points.
-fn housekeeping(
+/// Waits until `slots` have nothing in flight, records nor points (the
+/// points are handed over meanwhile); false at the deadline. Reports are
+/// served by the producer's own thread only (see [`delivery`]).
+fn drain(
     sh: &Shared,
-    consumer: &BaseConsumer<FlowConsumerCtx>,
     producer: &kafka::Polled<DeliveryCtx>,
-    stopped: &mut BTreeSet<(String, i32)>,
-) {
-    // Positions to commit: `acked` is the next offset to read (all before
-    // it acknowledged). `store_offsets` stores exactly these offsets.
-    let slots = sh.assigned();
-    let mut store = TopicPartitionList::new();
-    let mut stored = Vec::new();
-    sh.queue.set(producer.in_flight_count() as i64);
-    if let Some(c) = producer
-        .context()
-        .cache
-        .lock()
-        .ok()
-        .as_deref()
-        .and_then(Option::as_ref)
-    {
-        c.flush();
-    }
-    for (_, slot) in &slots {
-        slot.ack_skipped();
-        let acked = slot.commit_position();
-        if acked > slot.stored.load(Ordering::Relaxed)
-            && store
-                .add_partition_offset(&slot.topic, slot.partition, Offset::Offset(acked))
-                .is_ok()
+    slots: &[Arc<Slot>],
+    deadline: Instant,
+) -> bool {
+    loop {
+        produce_syncs(sh, producer, deadline);
+        if slots.iter().all(|s| s.quiet())
+            && sh
+                .pending_syncs
+                .lock()
+                .map(|p| p.is_empty())
+                .unwrap_or(true)
         {
-            stored.push((slot.clone(), acked));
+            return true;
         }
-    }
-    if store.count() > 0 {
-        match consumer.store_offsets(&store) {
-            Ok(()) => {
-                for (slot, acked) in stored {
-                    slot.stored.store(acked, Ordering::Relaxed);
-                }
-            }
-            Err(e) => debug!(flow = %sh.flow, error = %e, "cannot store offsets"),
+        if Instant::now() >= deadline {
+            return false;
         }
-    }
-    for (_, slot) in &slots {
-        let report = match slot.failure.lock() {
-            Ok(mut f) => match f.as_mut() {
-                Some(f) if !f.reported && slot.inflight() == 0 => {
-                    f.reported = true;
-                    Some(f.clone())
-                }
-                _ => None,
-            },
-            Err(_) => None,
-        };
-        if let Some(f) = report {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&slot.topic, slot.partition);
-            let _ = consumer.pause(&tpl);
-            stopped.insert((slot.topic.clone(), slot.partition));
-            sh.metrics
-                .errors
-                .with_label_values(&[&sh.flow, "produce"])
-                .inc();
-            sh.metrics
-                .partitions_paused
-                .with_label_values(&[&sh.flow, "stopped"])
-                .set(stopped.len() as i64);
-            // The broker refuses a whole batch for one oversized record:
-            // name the largest refused record as the one really refused.
-            let too_large = f
-                .refused
-                .iter()
-                .filter(|(_, _, c)| *c == Some(RDKafkaErrorCode::MessageSizeTooLarge))
-                .max_by_key(|(_, size, _)| *size);
-            let (offset, size) = match too_large {
-                Some((o, s, _)) => (*o, *s),
-                None => f
-                    .refused
-                    .iter()
-                    .min_by_key(|(o, _, _)| *o)
-                    .map(|(o, s, _)| (*o, *s))
-                    .unwrap_or((f.first, 0)),
-            };
-            error!(
-                flow = %sh.flow, topic = %slot.topic, partition = slot.partition, target = %slot.target,
-                offset, record_bytes = size, refused_in_batch = f.refused.len(), resume_offset = f.first,
-                reason = %f.error,
-                "the target refused a record: partition stopped, nothing from offset {} on is committed (the broker refuses the whole batch; `offset` names the largest record of it); fix the cause (e.g. raise the target topic's max.message.bytes) and restart kmirror to resume",
-                f.first
-            );
-        }
-    }
-    emit_idle_points(sh, &slots, false);
-    produce_syncs(sh, producer);
-}
-
-/// Idle point: once a partition has no record in flight, its last
-/// acknowledged record becomes a point (at most once a second unless
-/// `force`), so that a group that read everything translates exactly and
-/// the commit position can reach the end.
-fn emit_idle_points(sh: &Shared, slots: &[(usize, Arc<Slot>)], force: bool) {
-    let now = now_ms();
-    for (idx, slot) in slots {
-        if slot.inflight() != 0 {
-            continue;
-        }
-        let (src, tgt) = (
-            slot.ack.last_src.load(Ordering::Acquire),
-            slot.ack.last_tgt.load(Ordering::Acquire),
-        );
-        if src >= 0
-            && src > slot.ack.emitted_src.load(Ordering::Acquire)
-            && (force || now - slot.ack.point_ms.load(Ordering::Acquire) >= 1000)
-        {
-            slot.ack.point_ms.store(now, Ordering::Release);
-            slot.ack.emitted_src.store(src, Ordering::Release);
-            slot.ack.since_sync.store(0, Ordering::Release);
-            if let Ok(mut p) = sh.pending_syncs.lock() {
-                p.push((*idx, slot.sync_point(src, tgt)));
-            }
-        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-/// Sends one source record to the target; waits while the producer queue
-/// is full (backpressure), never drops it.
-fn forward(
+/// A source record as the loop holds it: borrowed from the consumer, or
+/// owned while it waits for room in the producer queue.
+trait Forwardable: Message {
+    /// A copy of its headers for the target record.
+    fn owned_headers(&self) -> Option<OwnedHeaders>;
+}
+
+impl Forwardable for rdkafka::message::BorrowedMessage<'_> {
+    fn owned_headers(&self) -> Option<OwnedHeaders> {
+        self.headers().map(|h| h.detach())
+    }
+}
+
+impl Forwardable for OwnedMessage {
+    fn owned_headers(&self) -> Option<OwnedHeaders> {
+        self.headers().cloned()
+    }
+}
+
+/// Hands one source record to the producer, or says the queue is full (the
+/// caller keeps the record and retries: nothing is dropped). `first` is
+/// false for a retry.
+fn forward<M: Forwardable>(
     sh: &Shared,
     cache: &mut SlotCache,
     producer: &kafka::Polled<DeliveryCtx>,
-    msg: &BorrowedMessage<'_>,
+    msg: &M,
+    first: bool,
     provenance_skip: Option<&str>,
     provenance_add: Option<&str>,
-    shutdown: &CancellationToken,
-) {
+) -> Forwarded {
     let Some(cached) = sh.slot_cached(cache, msg.topic(), msg.partition()) else {
         debug!(flow = %sh.flow, topic = msg.topic(), partition = msg.partition(), "record of an unassigned partition ignored (not committed)");
-        return;
+        return Forwarded::Done;
     };
-    let (idx, slot) = (cached.idx, &cached.slot);
-    if slot.target.is_empty() || slot.failed() {
-        return;
-    }
+    let slot = &cached.slot;
     let offset = msg.offset();
+    if slot.held.load(Ordering::Acquire) {
+        // Fetched before the hold's pause applied: read again on release.
+        if slot.passed_from.load(Ordering::Acquire) < 0 {
+            slot.passed_from.store(offset, Ordering::Release);
+        }
+        return Forwarded::Done;
+    }
+    if slot.is_blocked() {
+        return Forwarded::Done;
+    }
     let ts = msg.timestamp().to_millis();
-    if let Some(ts) = ts {
-        cached
-            .hist
-            .observe(((now_ms() - ts).max(0) as f64) / 1000.0);
+    if first {
+        if let Some(ts) = ts {
+            cached
+                .hist
+                .observe(((now_ms() - ts).max(0) as f64) / 1000.0);
+        }
     }
     // (Headers are parsed only when provenance is on.)
     if let Some((skip, hs)) = provenance_skip.and_then(|s| Some((s, msg.headers()?))) {
@@ -1284,12 +1251,11 @@ fn forward(
             .iter()
             .any(|h| h.key == PROVENANCE_HEADER && h.value == Some(skip.as_bytes()));
         if from_target {
-            slot.skip_to.fetch_max(offset + 1, Ordering::AcqRel);
-            slot.ack_skipped();
-            return;
+            slot.ledger().skipped(offset + 1);
+            return Forwarded::Done;
         }
     }
-    let mut headers: Option<OwnedHeaders> = msg.headers().map(|h| h.detach());
+    let mut headers: Option<OwnedHeaders> = msg.owned_headers();
     if let Some(src) = provenance_add {
         let hs = headers.take().unwrap_or_default();
         headers = Some(hs.insert(Header {
@@ -1297,7 +1263,7 @@ fn forward(
             value: Some(src),
         }));
     }
-    let opaque = (idx << OFFSET_BITS) | (offset as usize & OFFSET_MASK);
+    let opaque = (cached.idx << OFFSET_BITS) | (offset as usize & OFFSET_MASK);
     let mut rec: BaseRecord<'_, [u8], [u8], usize> =
         BaseRecord::with_opaque_to(&slot.target, opaque).partition(msg.partition());
     if let Some(k) = msg.key() {
@@ -1312,62 +1278,23 @@ fn forward(
     if let Some(h) = headers {
         rec = rec.headers(h);
     }
-    // `sent` has one writer, this thread: no locked instruction.
-    slot.sent
-        .store(slot.sent.load(Ordering::Relaxed) + 1, Ordering::Release);
-    let mut waited = false;
-    let mut backoff = Duration::from_millis(1);
-    let mut waited_for = Duration::ZERO;
-    loop {
-        match producer.send(rec) {
-            Ok(()) => break,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                rec = back;
-                if !waited {
-                    waited = true;
-                    sh.metrics
-                        .partitions_paused
-                        .with_label_values(&[&sh.flow, "backpressure"])
-                        .set(1);
-                }
-                // Wait until half of the queue has drained, so that
-                // the queue refills in bursts of full batches: refilling
-                // one record per acknowledgement wakes librdkafka's broker
-                // thread for every record (about 25% more producer CPU
-                // with a full queue, measured with kmirror-bench).
-                // 1 ms steps while the pipe is merely busy; after 100 ms of
-                // waiting (a slow or down target) the steps grow to 50 ms.
-                let resume_at = producer.in_flight_count() / 2;
-                loop {
-                    if shutdown.is_cancelled() {
-                        // Not sent, so not acknowledged: it is not committed
-                        // and will be read again after the restart.
-                        slot.sent
-                            .store(slot.sent.load(Ordering::Relaxed) - 1, Ordering::Release);
-                        return;
-                    }
-                    std::thread::sleep(backoff);
-                    waited_for += backoff;
-                    if waited_for > Duration::from_millis(100) {
-                        backoff = (backoff * 2).min(Duration::from_millis(50));
-                    }
-                    if producer.in_flight_count() <= resume_at {
-                        break;
-                    }
-                }
-            }
-            Err((e, _)) => {
-                slot.refuse(offset, &e, record_size(msg));
-                slot.sent
-                    .store(slot.sent.load(Ordering::Relaxed) - 1, Ordering::Release);
-                return;
-            }
+    slot.will_send();
+    match producer.send(rec) {
+        Ok(()) => Forwarded::Done,
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            slot.not_sent();
+            Forwarded::Full(slot.clone())
         }
-    }
-    if waited {
-        sh.metrics
-            .partitions_paused
-            .with_label_values(&[&sh.flow, "backpressure"])
-            .set(0);
+        Err((e, _)) => {
+            slot.not_sent();
+            slot.ledger().refuse_unsent(
+                offset,
+                e.to_string(),
+                e.rdkafka_error_code(),
+                record_size(msg),
+            );
+            slot.set_blocked();
+            Forwarded::Done
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! `tracing`, and a reachability probe.
 
 pub mod acls;
+pub mod fault;
 pub mod incremental;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,7 +95,10 @@ pub async fn reachable<C: ClientContext + 'static>(
 pub fn apply_consumer_owned(c: &mut ClientConfig, group: &str, runtime: &RuntimeConfig) {
     c.set("group.id", group);
     c.set("enable.auto.commit", "true");
-    c.set("auto.commit.interval.ms", "1000");
+    c.set(
+        "auto.commit.interval.ms",
+        runtime.commit_interval.as_millis().max(1).to_string(),
+    );
     c.set("enable.auto.offset.store", "false");
     c.set("enable.partition.eof", "false");
     c.set("isolation.level", "read_committed");

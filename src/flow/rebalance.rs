@@ -1,0 +1,353 @@
+//! The source consumer's context: what happens when partitions move.
+//!
+//! - **Assign**: a fresh slot per partition; a partition whose target
+//!   partition does not exist yet, or (exactly-once) whose resume position
+//!   cannot be derived from the target right now, is *held*: paused inside
+//!   the callback, before any of its records can be returned, and marked so
+//!   that a record fetched anyway is passed over (the flow seeks back to it
+//!   when the hold ends). Exactly-once never falls back to the group's
+//!   commit.
+//! - **Revoke**: the revoked partitions' records are drained (acknowledged
+//!   or refused), their points written, their positions committed, and only
+//!   then are they released. A drain that times out purges the producer
+//!   (queued records can then never land after the partition moved) and
+//!   asks the flow to restart with fresh clients.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{Producer, PurgeConfig};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use tracing::{debug, error, info, warn};
+
+use super::delivery::DeliveryCtx;
+use super::slots::Slot;
+use super::{drain, eos, Shared, NO_SLOT};
+use crate::kafka::{self, log_librdkafka};
+use crate::offsets::codec::OffsetSync;
+
+/// A partition the group gave this process, as the loop learns of it.
+pub(crate) struct Assigned {
+    pub topic: String,
+    pub partition: i32,
+    /// Held until the target topic has the partition.
+    pub target_missing: bool,
+    /// Held until the exactly-once resume position is derived (the error
+    /// of the last try; empty when it was not tried yet).
+    pub unresolved: Option<String>,
+}
+
+/// Consumer context of a flow.
+pub(crate) struct FlowConsumerCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) producer: Mutex<Option<kafka::Polled<DeliveryCtx>>>,
+    pub(crate) eos: Option<Mutex<eos::Resolver>>,
+    pub(crate) drain_timeout: Duration,
+    /// Partitions assigned since the loop last looked.
+    pub(crate) newly_assigned: Mutex<Vec<Assigned>>,
+    /// Set with `newly_assigned` (the loop checks this flag, not the lock).
+    pub(crate) has_new: AtomicBool,
+    /// Set while the loop waits for room in the producer queue with every
+    /// partition paused: partitions assigned meanwhile are paused too.
+    pub(crate) backpressured: AtomicBool,
+}
+
+impl ClientContext for FlowConsumerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_librdkafka(level, fac, msg)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared
+            .metrics
+            .errors
+            .with_label_values(&[&self.shared.flow, "source_client"])
+            .inc();
+        if let Some(suppressed) = self.shared.throttle.allow("source_client") {
+            warn!(flow = %self.shared.flow, %error, suppressed, "source consumer: {reason}");
+        }
+    }
+    fn stats_raw(&self, json: &[u8]) {
+        crate::metrics::record_client_stats(
+            &self.shared.metrics,
+            &self.shared.flow,
+            "source_consumer",
+            json,
+        );
+        self.lag_from_stats(json);
+    }
+}
+
+impl FlowConsumerCtx {
+    fn producer(&self) -> Option<kafka::Polled<DeliveryCtx>> {
+        self.producer.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// `kmirror_lag_records` from librdkafka's statistics: high watermark
+    /// minus the commit position (or the group's commit before any).
+    fn lag_from_stats(&self, json: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Stats {
+            #[serde(default)]
+            topics: HashMap<String, TopicStats>,
+        }
+        #[derive(serde::Deserialize)]
+        struct TopicStats {
+            #[serde(default)]
+            partitions: HashMap<String, PartStats>,
+        }
+        #[derive(serde::Deserialize)]
+        struct PartStats {
+            #[serde(default = "minus_one")]
+            hi_offset: i64,
+            #[serde(default = "minus_one")]
+            committed_offset: i64,
+        }
+        fn minus_one() -> i64 {
+            -1
+        }
+        let Ok(stats) = serde_json::from_slice::<Stats>(json) else {
+            return;
+        };
+        let sh = &self.shared;
+        for (topic, ts) in stats.topics {
+            for (p, ps) in ts.partitions {
+                let Ok(p) = p.parse::<i32>() else { continue };
+                if p < 0 || ps.hi_offset < 0 {
+                    continue;
+                }
+                if let Some((_, slot)) = sh.slot_for(&topic, p) {
+                    let pos = slot.commit_position().unwrap_or(ps.committed_offset);
+                    if pos >= 0 {
+                        // Created on the first statistics, so that a lag of
+                        // 0 always means "measured and caught up".
+                        let part = p.to_string();
+                        sh.metrics
+                            .lag
+                            .with_label_values(&[sh.flow.as_str(), topic.as_str(), part.as_str()])
+                            .set((ps.hi_offset - pos).max(0));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Exactly-once: the source offset to resume a partition from, derived
+    /// from the target (`None`: the target holds nothing of it yet, start
+    /// from the group's commit). The points of the records found in the
+    /// target are queued for writing.
+    pub(crate) fn resolve(
+        &self,
+        topic: &str,
+        target: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, String> {
+        let Some(eos) = &self.eos else {
+            return Ok(None);
+        };
+        let sh = &self.shared;
+        let last = sh
+            .last_syncs
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(topic.to_string(), partition)).copied());
+        let resolved = match eos.lock() {
+            Ok(mut r) => r.resume(topic, target, partition, last),
+            Err(p) => p.into_inner().resume(topic, target, partition, last),
+        }?;
+        match resolved {
+            Some((pos, points)) => {
+                info!(flow = %sh.flow, topic = %topic, partition, offset = pos, points = points.len(), "exactly-once: resuming after the last record found in the target");
+                // Points for the records found: a process killed before it
+                // wrote them leaves them untranslatable.
+                if let Ok(mut pending) = sh.pending_syncs.lock() {
+                    pending.extend(points.into_iter().map(|(up, down)| {
+                        (
+                            NO_SLOT,
+                            OffsetSync {
+                                topic: topic.to_string(),
+                                partition,
+                                upstream_offset: up,
+                                downstream_offset: down,
+                            },
+                        )
+                    }));
+                }
+                Ok(Some(pos))
+            }
+            None => {
+                debug!(flow = %sh.flow, topic = %topic, partition, "exactly-once: target holds nothing of this partition yet; starting from the committed offset");
+                Ok(None)
+            }
+        }
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let sh = &self.shared;
+        let mirror = sh.mirror_set();
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let backpressured = self.backpressured.load(Ordering::Acquire);
+        let mut pause = TopicPartitionList::new();
+        let mut out = Vec::new();
+        for (topic, p) in parts {
+            debug!(flow = %sh.flow, topic = %topic, partition = p, "partition assigned");
+            let m = mirror.get(&topic);
+            let target = m.map(|m| m.target.clone()).unwrap_or_default();
+            let target_missing = m.is_none_or(|m| p >= m.target_partitions);
+            let slot = match sh.assign(&topic, p, &target) {
+                Ok((_, s)) => s,
+                Err(e) => {
+                    error!(flow = %sh.flow, topic = %topic, partition = p, error = %e, "partition not mirrored by this process");
+                    pause.add_partition(&topic, p);
+                    continue;
+                }
+            };
+            let mut unresolved = None;
+            if self.eos.is_some() {
+                if target_missing {
+                    unresolved = Some("the target partition does not exist yet".to_string());
+                } else {
+                    match self.resolve(&topic, &target, p) {
+                        Ok(Some(pos)) => {
+                            let _ = tpl.set_partition_offset(&topic, p, Offset::Offset(pos));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            sh.metrics
+                                .errors
+                                .with_label_values(&[&sh.flow, "eos_resume"])
+                                .inc();
+                            error!(flow = %sh.flow, topic = %topic, partition = p, error = %e, "exactly-once: cannot derive the resume position from the target; the partition is held (not consumed) and the flow retries");
+                            unresolved = Some(e);
+                        }
+                    }
+                }
+            }
+            let hold = target_missing || unresolved.is_some();
+            if hold {
+                slot.held.store(true, Ordering::Release);
+            }
+            if hold || backpressured {
+                pause.add_partition(&topic, p);
+            }
+            out.push(Assigned {
+                topic,
+                partition: p,
+                target_missing,
+                unresolved,
+            });
+        }
+        let r = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = r {
+            error!(flow = %sh.flow, error = %e, "cannot take the assigned partitions");
+        }
+        // Paused at once, inside the callback: no record of a held
+        // partition is fetched for the loop (one fetched anyway is passed
+        // over, see `Slot::held`).
+        if pause.count() > 0 {
+            if let Err(e) = consumer.pause(&pause) {
+                warn!(flow = %sh.flow, error = %e, "cannot pause the held partitions");
+            }
+        }
+        if let Ok(mut n) = self.newly_assigned.lock() {
+            n.extend(out);
+        }
+        self.has_new.store(true, Ordering::Release);
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let sh = &self.shared;
+        let slots: Vec<Arc<Slot>> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| sh.slot_for(e.topic(), e.partition()).map(|(_, s)| s))
+            .collect();
+        // Drain: every record of these partitions handed to the producer is
+        // acknowledged (or refused) before they move, a point describes the
+        // last one, and the positions are committed, so the next owner
+        // starts where this one stopped.
+        if let Some(p) = self.producer() {
+            let mut drained = drain(sh, &p, &slots, Instant::now() + self.drain_timeout);
+            if drained {
+                sh.idle_points(&slots, true);
+                let wait = self.drain_timeout.min(Duration::from_secs(10));
+                drained = drain(sh, &p, &slots, Instant::now() + wait);
+            }
+            if !drained {
+                // A record still queued could land after the next owner
+                // derived its position: purge (every partition's queue:
+                // librdkafka purges per producer), and restart the flow
+                // so that the partitions kept resume from what was written.
+                p.purge(PurgeConfig::default().queue().inflight());
+                let _ = drain(sh, &p, &slots, Instant::now() + Duration::from_secs(5));
+                error!(flow = %sh.flow, partitions = tpl.count(), timeout = ?self.drain_timeout, "revoke: the target did not acknowledge the revoked partitions' records in time; the producer's queue was purged (nothing not acknowledged is committed) and the flow restarts with fresh clients");
+                sh.request_restart(
+                    "purged",
+                    "a revoke drain timed out; queued records were purged".into(),
+                );
+            }
+        }
+        let mut commit = TopicPartitionList::new();
+        for s in &slots {
+            if let Some(pos) = s.commit_position() {
+                let _ = commit.add_partition_offset(&s.topic, s.partition, Offset::Offset(pos));
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                warn!(flow = %sh.flow, error = %e, "revoke: commit failed");
+            }
+        }
+        for e in tpl.elements() {
+            debug!(flow = %sh.flow, topic = e.topic(), partition = e.partition(), "partition revoked");
+            sh.unassign(e.topic(), e.partition());
+        }
+        let r = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = r {
+            warn!(flow = %sh.flow, error = %e, "cannot release the revoked partitions");
+        }
+        info!(flow = %sh.flow, partitions = tpl.count(), "partitions revoked after draining");
+    }
+}
+
+impl ConsumerContext for FlowConsumerCtx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                // The group lost this member's assignment: drain and
+                // commit what it holds, then let go of all of it.
+                let code: RDKafkaErrorCode = other.into();
+                error!(flow = %self.shared.flow, error = %code, "rebalance error; releasing every partition");
+                match consumer.assignment() {
+                    Ok(all) => self.on_revoke(consumer, &all),
+                    Err(_) => {
+                        let _ = consumer.unassign();
+                    }
+                }
+            }
+        }
+    }
+}
