@@ -45,6 +45,14 @@ pub enum Skip {
     NotIncluded,
     /// This `topics_exclude` pattern matches.
     Excluded(String),
+    /// An earlier flow already mirrors this source topic: a source topic
+    /// belongs to one flow (the first in the file that selects it), so
+    /// that offset-sync points, exactly-once resume positions and
+    /// checkpoints of the topic never mix two flows.
+    SourceTaken {
+        /// The flow that mirrors the source topic.
+        flow: String,
+    },
     /// An earlier flow already writes the same target topic.
     TargetTaken {
         /// The flow that owns the target topic.
@@ -61,6 +69,10 @@ impl std::fmt::Display for Skip {
             Skip::Cycle => write!(f, "came from the target cluster (cycle prevention)"),
             Skip::NotIncluded => write!(f, "matches no `topics` pattern"),
             Skip::Excluded(p) => write!(f, "excluded by `topics_exclude` pattern {p:?}"),
+            Skip::SourceTaken { flow } => write!(
+                f,
+                "already mirrored by flow {flow:?} (a source topic is mirrored by one flow only)"
+            ),
             Skip::TargetTaken { flow, target } => {
                 write!(
                     f,
@@ -95,7 +107,8 @@ impl FlowRules {
 pub type Taken = Vec<(String, String, i32)>;
 
 /// The decision of every flow for every source topic: a pure function.
-/// `claimed` (target topic -> flow) makes the first flow win a collision.
+/// `claimed` (target topic -> flow, and source topic -> flow under keys
+/// that start with NUL) makes the first flow win a collision.
 pub fn decide(
     rules: &FlowRules,
     source_alias: &str,
@@ -118,6 +131,16 @@ pub fn decide(
             Selection::NotIncluded => skip.push((topic.clone(), Skip::NotIncluded)),
             Selection::Excluded(p) => skip.push((topic.clone(), Skip::Excluded(p))),
             Selection::Included(_) => {
+                let source_key = format!("\0{topic}");
+                if let Some(owner) = claimed.get(&source_key).filter(|o| **o != rules.name) {
+                    skip.push((
+                        topic.clone(),
+                        Skip::SourceTaken {
+                            flow: owner.clone(),
+                        },
+                    ));
+                    continue;
+                }
                 let target = rules.rename.apply(source_alias, topic);
                 match claimed.get(&target) {
                     Some(owner) if *owner != rules.name => skip.push((
@@ -129,6 +152,7 @@ pub fn decide(
                     )),
                     _ => {
                         claimed.insert(target.clone(), rules.name.clone());
+                        claimed.insert(source_key, rules.name.clone());
                         take.push((topic.clone(), target, *parts));
                     }
                 }
@@ -291,15 +315,18 @@ impl Discovery {
                 &mut claimed,
             );
             for (topic, why) in &skip {
-                if let Skip::TargetTaken { .. } = why {
-                    let key = format!("taken/{}/{topic}", flow.name);
-                    if reported.insert(key) {
-                        error!(flow = %flow.name, topic = %topic, "not mirrored: {why}");
-                        self.metrics
-                            .errors
-                            .with_label_values(&[&flow.name, "discovery"])
-                            .inc();
-                    }
+                let stage = match why {
+                    Skip::TargetTaken { .. } => "discovery",
+                    Skip::SourceTaken { .. } => "flow_overlap",
+                    _ => continue,
+                };
+                let key = format!("taken/{}/{topic}", flow.name);
+                if reported.insert(key) {
+                    error!(flow = %flow.name, topic = %topic, "not mirrored: {why}");
+                    self.metrics
+                        .errors
+                        .with_label_values(&[&flow.name, stage])
+                        .inc();
                 }
             }
             // Missing target topics are created by the config-sync loop
@@ -405,6 +432,25 @@ mod tests {
         assert_eq!(take.len(), 2);
         assert_eq!(take[0].1, "a");
         assert_eq!(skip, vec![("c".into(), Skip::NotIncluded)]);
+    }
+
+    #[test]
+    fn a_source_topic_belongs_to_the_first_flow_that_selects_it() {
+        let f1 = rules(&["orders"], &[], "{source}.{topic}");
+        let mut f2 = rules(&["ord.*"], &[], "{topic}.copy");
+        f2.name = "g".into();
+        let mut claimed = HashMap::new();
+        let src = topics(&["orders", "ordinal"]);
+        let (t1, _) = decide(&f1, "east", "west", &src, &mut claimed);
+        let (t2, s2) = decide(&f2, "east", "west", &src, &mut claimed);
+        assert_eq!(t1.len(), 1);
+        assert_eq!(t2, vec![("ordinal".into(), "ordinal.copy".into(), 3)]);
+        assert!(s2
+            .iter()
+            .any(|(t, s)| t == "orders" && matches!(s, Skip::SourceTaken { flow } if flow == "f")));
+        // Deciding again (the next pass) keeps the same owners.
+        let (t1, _) = decide(&f1, "east", "west", &src, &mut claimed);
+        assert_eq!(t1.len(), 1);
     }
 
     #[test]

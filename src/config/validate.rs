@@ -212,12 +212,17 @@ pub fn validate(c: &Config, lines: &Lines, out: &mut Vec<Problem>) {
                 let (Some(fi), Some(ri)) = (&filters[i], &renames[i]) else {
                     continue;
                 };
-                if fi.matches(p) && ri.apply(&c.source.alias, p) == tj && i < j {
+                if fi.matches(p) && i < j {
+                    let why = if ri.apply(&c.source.alias, p) == tj {
+                        format!("both mirror it to {tj:?}; one target topic can have one writer")
+                    } else {
+                        "a source topic is mirrored by one flow only (its offset-sync points, exactly-once positions and checkpoints are per source topic); at run time the first flow in the file takes it".to_string()
+                    };
                     out.push(Problem::new(
                         at(lines, &key),
                         &key,
                         format!(
-                            "topic {p:?} is mirrored to {tj:?} by flow {:?} and flow {:?}: one target topic can have one writer",
+                            "topic {p:?} is selected by flow {:?} and flow {:?}: {why}",
                             other.name, fl.name
                         ),
                     ));

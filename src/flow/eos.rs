@@ -180,16 +180,51 @@ impl Resolver {
             .source
             .fetch_watermarks(source_topic, partition, READ_TIMEOUT)
             .map_err(|e| format!("source watermarks of {source_topic}/{partition}: {e}"))?;
+        // A point at or after the target's end was not written into this
+        // target topic (another flow over the same source topic, or a
+        // target topic deleted and created again): it is not used.
+        let last = last.filter(|&(_, t)| t < thi);
         if thi <= tlo {
+            // Empty: never written (start from the group's commit), or
+            // everything expired (start after the last point).
             return Ok(last.map(|(s, _)| (s + 1, Vec::new())));
         }
-        let (s_from, t_from) = match last {
-            Some((s, t)) if t >= tlo && t < thi => (s + 1, t + 1),
-            _ => (slo, tlo),
-        };
-        if t_from >= thi {
-            return Ok(Some((s_from, Vec::new())));
+        if let Some((s, t)) = last.filter(|&(_, t)| t >= tlo) {
+            // Read from the point itself, to check that the target holds
+            // the copy of its source record there.
+            let targets = read(&self.target, target_topic, partition, t, thi)?;
+            let s_to = shi.min(s.saturating_add(targets.len() as i64 * 2 + 1024));
+            let sources = if s < s_to {
+                read(&self.source, source_topic, partition, s, s_to)?
+            } else {
+                Vec::new()
+            };
+            let (tp, sp) = (targets.first(), sources.first());
+            let checked = match (tp, sp) {
+                (Some(tr), Some(sr)) if tr.offset() == t && sr.offset() == s => {
+                    Some(same_record(sr, tr))
+                }
+                // The point's source record is gone (compaction,
+                // retention): it cannot be checked; trust it.
+                _ => None,
+            };
+            if checked != Some(false) {
+                let skip = |v: &[OwnedMessage], o: i64| {
+                    v.first().is_some_and(|m| m.offset() == o) as usize
+                };
+                let (ts, ss) = (skip(&targets, t), skip(&sources, s));
+                let (pos, points) = walk(
+                    &sources[ss..],
+                    &targets[ts..],
+                    s + 1,
+                    self.skip_alias.as_deref(),
+                );
+                return Ok(Some((pos, points)));
+            }
+            // Not this target's point: derive the position from the whole
+            // target partition instead.
         }
+        let (s_from, t_from) = (slo, tlo);
         let targets = read(&self.target, target_topic, partition, t_from, thi)?;
         let s_to = shi.min(s_from.saturating_add(targets.len() as i64 * 2 + 1024));
         let sources = if s_from < s_to {

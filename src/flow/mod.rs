@@ -377,9 +377,13 @@ impl Replicator {
         let flow = self.flow.name.clone();
         self.metrics.init_flow(&flow);
         let mut backoff = Duration::from_secs(1);
+        // Test hook (see `kafka::fault`): in the first run only.
+        let mut fatal_after = std::env::var("KMIRROR_TEST_FATAL_AFTER")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
         loop {
             let started = Instant::now();
-            let (reason, why) = match self.clone().run_once(&shutdown) {
+            let (reason, why) = match self.clone().run_once(&shutdown, fatal_after.take()) {
                 Ok(Exit::Stopped) => return Ok(()),
                 Ok(Exit::Restart(reason, why)) => (reason, why),
                 Err(e) => ("error", format!("{e:#}")),
@@ -403,7 +407,11 @@ impl Replicator {
         }
     }
 
-    fn run_once(self, shutdown: &CancellationToken) -> anyhow::Result<Exit> {
+    fn run_once(
+        self,
+        shutdown: &CancellationToken,
+        fatal_after: Option<u64>,
+    ) -> anyhow::Result<Exit> {
         let flow = self.flow.name.clone();
         let m = self.metrics.clone();
         let interval_ms = self.runtime.commit_interval.as_millis().max(1) as i64;
@@ -477,9 +485,6 @@ impl Replicator {
         )?;
         info!(flow = %flow, group = %group, delivery = %self.flow.delivery, "flow started");
 
-        let fatal_after = std::env::var("KMIRROR_TEST_FATAL_AFTER")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok());
         let mut mirror = self.mirror.clone();
         mirror.mark_changed();
         let mut l = FlowLoop {

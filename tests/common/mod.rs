@@ -321,6 +321,11 @@ pub struct KmirrorProc {
 impl KmirrorProc {
     /// Starts `kmirror run --config PATH`, logging to `log` (appended).
     pub fn start(config: &Path, log: &Path) -> KmirrorProc {
+        Self::start_env(config, log, &[])
+    }
+
+    /// Like [`KmirrorProc::start`], with extra environment variables.
+    pub fn start_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> KmirrorProc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -333,6 +338,7 @@ impl KmirrorProc {
                 "RUST_LOG",
                 std::env::var("KMIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -490,4 +496,32 @@ pub fn flow_toml(listen: &str, topics: &str, extra: &str) -> String {
     format!(
         "[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"{topics}\"]\nrefresh_topics_interval = \"1s\"\n{extra}\n"
     )
+}
+
+/// Checks that `target` holds exactly the records of `source`, in source
+/// order, once each, per partition (exactly-once); panics naming the first
+/// difference.
+pub fn assert_exact_copy(src: &Broker, topic: &str, dst: &Broker, target: &str) {
+    let (s, t) = (src.read_all(topic), dst.read_all(target));
+    let parts = src.partitions(topic).unwrap() as i32;
+    for p in 0..parts {
+        let sv: Vec<_> = s
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| &r.value)
+            .collect();
+        let tv: Vec<_> = t
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| &r.value)
+            .collect();
+        if sv != tv {
+            let first = sv.iter().zip(&tv).position(|(a, b)| a != b);
+            panic!(
+                "{target}/{p}: not an exact copy: source {} records, target {}, first difference at index {first:?}",
+                sv.len(),
+                tv.len()
+            );
+        }
+    }
 }

@@ -1,0 +1,371 @@
+//! End to end: the delivery guarantees where they used to break — a stop
+//! while the producer queue is full, a refused record under exactly-once,
+//! two flows over one source topic, fatal producer errors, a target
+//! outage longer than the poll interval, and exactly-once positions that
+//! cannot be derived while the target is down.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn flow(topic: &str, extra: &str) -> String {
+    flow_toml("", topic, extra)
+}
+
+/// Every numbered value `0..n` is in `target` (at least once).
+fn assert_all_present(dst: &Broker, target: &str, n: usize) {
+    let counts = value_counts(dst, target);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !counts.contains_key(format!("v-{i}").as_bytes()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{target}: {} of {n} records lost, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+/// SIGTERM during a catch-up, while the producer queue is full: nothing is
+/// lost (at-least-once) and nothing repeats (exactly-once), however often.
+fn sigterm_while_backpressured(delivery: &str) {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("term");
+    let n = 30_000;
+    src.create_topic(&topic, 4, &[]);
+    src.produce(&topic, &numbered(0, n, 4));
+    let dir = tempfile::tempdir().unwrap();
+    // A small producer queue: full during the whole catch-up.
+    let extra = format!(
+        "delivery = \"{delivery}\"\n\n[runtime]\nproducer_queue_kbytes = 64\ngroup_instance_id = \"term\"\n"
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &flow(&topic, &extra));
+    let log = dir.path().join("kmirror.log");
+    let target = format!("src.{topic}");
+    for (round, at) in [2_000i64, 9_000, 17_000].into_iter().enumerate() {
+        let mut k = KmirrorProc::start(&cfg, &log);
+        wait_count(&dst, &target, at, Duration::from_secs(90), &k);
+        k.signal("TERM");
+        assert_eq!(
+            k.wait_exit(Duration::from_secs(40)),
+            Some(0),
+            "round {round}: {}",
+            k.log_text()
+        );
+    }
+    let k = KmirrorProc::start(&cfg, &log);
+    wait_count(&dst, &target, n as i64, Duration::from_secs(120), &k);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_all_present(&dst, &target, n);
+    if delivery == "exactly-once" {
+        assert_exact_copy(&src, &topic, &dst, &target);
+    }
+    drop(k);
+}
+
+#[test]
+fn sigterm_while_the_producer_queue_is_full_loses_nothing_at_least_once() {
+    sigterm_while_backpressured("at-least-once");
+}
+
+#[test]
+fn sigterm_while_the_producer_queue_is_full_is_exact_in_exactly_once() {
+    sigterm_while_backpressured("exactly-once");
+}
+
+/// Exactly-once: a record the target refuses is mirrored after the cause is
+/// fixed and kmirror restarts; the resume position never passes it.
+#[test]
+fn exactly_once_mirrors_a_refused_record_after_the_fix() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("eosrefuse");
+    let target = format!("src.{topic}");
+    src.create_topic(&topic, 3, &[]);
+    dst.create_topic(&target, 3, &[("max.message.bytes", "100000")]);
+    let n = 6000;
+    let mut records = numbered(0, n, 3);
+    records[3000].value = Some(vec![b'x'; 250_000]);
+    assert_eq!(records[3000].partition, 0);
+    src.produce(&topic, &records);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = http_listen();
+    let cfg = write_config(
+        dir.path(),
+        &src,
+        &dst,
+        &flow_toml(&listen, &topic, "delivery = \"exactly-once\"\n"),
+    );
+    let log = dir.path().join("kmirror.log");
+    let mut k = KmirrorProc::start(&cfg, &log);
+    wait_until(Duration::from_secs(60), || {
+        k.log_text().contains("the target refused a record")
+    });
+    // The other partitions are complete; a rebalance-free stop and restart
+    // (before the fix) must not pass the refused record either.
+    wait_until(Duration::from_secs(60), || {
+        let got = dst.read_all(&target);
+        (1..3).all(|p| got.iter().filter(|r| r.partition == p).count() == n / 3)
+    });
+    k.signal("TERM");
+    assert_eq!(k.wait_exit(Duration::from_secs(30)), Some(0));
+    let mut k = KmirrorProc::start(&cfg, &log);
+    std::thread::sleep(Duration::from_secs(5));
+    k.signal("TERM");
+    assert_eq!(k.wait_exit(Duration::from_secs(30)), Some(0));
+
+    let admin = dst.admin();
+    let res = kmirror::kafka::incremental::incremental_alter_topic_configs(
+        admin.inner(),
+        &[(
+            target.clone(),
+            vec![kmirror::kafka::incremental::ConfigOp::Set(
+                "max.message.bytes".into(),
+                "1048576".into(),
+            )],
+        )],
+        Duration::from_secs(10),
+    )
+    .expect("IncrementalAlterConfigs");
+    assert_eq!(res, vec![(target.clone(), Ok(()))]);
+    let k = KmirrorProc::start(&cfg, &log);
+    wait_until(Duration::from_secs(90), || {
+        value_counts(&dst, &target)
+            .keys()
+            .any(|v| v.len() == 250_000)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let counts = value_counts(&dst, &target);
+    assert_eq!(
+        counts
+            .iter()
+            .filter(|(v, _)| v.len() == 250_000)
+            .map(|(_, c)| c)
+            .sum::<usize>(),
+        1,
+        "the refused record arrives once"
+    );
+    for i in (0..n).filter(|i| *i != 3000) {
+        assert!(
+            counts.contains_key(format!("v-{i}").as_bytes()),
+            "v-{i} lost"
+        );
+    }
+    // Partitions 1 and 2 were never refused anything: exact.
+    let (s, t) = (src.read_all(&topic), dst.read_all(&target));
+    for p in 1..3 {
+        let sv: Vec<_> = s
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| &r.value)
+            .collect();
+        let tv: Vec<_> = t
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| &r.value)
+            .collect();
+        assert_eq!(sv, tv, "partition {p}");
+    }
+    drop(k);
+}
+
+/// Two flows whose patterns select the same source topic: the first flow
+/// in the file mirrors it, the second does not (an ERROR says why), so
+/// their offset-sync points never mix; `validate` refuses literal overlaps.
+#[test]
+fn a_source_topic_is_mirrored_by_one_flow_only() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("twoflows");
+    src.create_topic(&topic, 2, &[]);
+    src.produce(&topic, &numbered(0, 4000, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[flow]]\nname = \"a\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n\n\
+         [[flow]]\nname = \"b\"\ntopics = [\"{topic}.*\"]\nrename = \"{{topic}}.b\"\ndelivery = \"exactly-once\"\nrefresh_topics_interval = \"1s\"\n"
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &text);
+    let log = dir.path().join("kmirror.log");
+    let k = KmirrorProc::start(&cfg, &log);
+    let target = format!("src.{topic}");
+    wait_count(&dst, &target, 4000, Duration::from_secs(60), &k);
+    wait_until(Duration::from_secs(20), || {
+        k.log_text().contains("already mirrored by flow")
+    });
+    assert_eq!(count(&dst, &format!("{topic}.b")), 0);
+    assert_all_present(&dst, &target, 4000);
+    drop(k);
+
+    let literal = format!(
+        "[[flow]]\nname = \"a\"\ntopics = [\"{topic}\"]\n\n[[flow]]\nname = \"b\"\ntopics = [\"{topic}\"]\nrename = \"{{topic}}.b\"\n"
+    );
+    let cfg2 = dir.path().join("literal.toml");
+    std::fs::write(
+        &cfg2,
+        std::fs::read_to_string(write_config(dir.path(), &src, &dst, &literal)).unwrap(),
+    )
+    .unwrap();
+    let (code, _, err) = run_kmirror(&["validate", "--config", cfg2.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("is selected by flow \"a\" and flow \"b\""),
+        "{err}"
+    );
+}
+
+/// A fatal producer error (here injected through librdkafka's test hook)
+/// restarts the flow with a new producer: the process keeps its
+/// partitions busy, nothing is lost, exactly-once stays exact.
+#[test]
+fn a_fatal_producer_error_restarts_the_flow_and_loses_nothing() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let (t1, t2) = (unique("fatalalo"), unique("fataleos"));
+    src.create_topic(&t1, 2, &[]);
+    src.create_topic(&t2, 2, &[]);
+    let n = 4000;
+    src.produce(&t1, &numbered(0, n, 2));
+    src.produce(&t2, &numbered(0, n, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let listen = http_listen();
+    let text = format!(
+        "[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"alo\"\ntopics = [\"{t1}\"]\nrefresh_topics_interval = \"1s\"\n\n\
+         [[flow]]\nname = \"eos\"\ntopics = [\"{t2}\"]\ndelivery = \"exactly-once\"\nrefresh_topics_interval = \"1s\"\n"
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &text);
+    let log = dir.path().join("kmirror.log");
+    let mut k = KmirrorProc::start_env(&cfg, &log, &[("KMIRROR_TEST_FATAL_AFTER", "700")]);
+    wait_count(
+        &dst,
+        &format!("src.{t1}"),
+        n as i64,
+        Duration::from_secs(120),
+        &k,
+    );
+    wait_count(
+        &dst,
+        &format!("src.{t2}"),
+        n as i64,
+        Duration::from_secs(120),
+        &k,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        k.wait_exit(Duration::from_millis(10)).is_none(),
+        "kmirror exited"
+    );
+    assert_all_present(&dst, &format!("src.{t1}"), n);
+    assert_exact_copy(&src, &t2, &dst, &format!("src.{t2}"));
+    let (_, metrics) = http_get(&listen, "/metrics").unwrap();
+    for flow in ["alo", "eos"] {
+        assert!(
+            metrics.contains(&format!(
+                "kmirror_flow_restarts_total{{flow=\"{flow}\",reason=\"fatal\"}} 1"
+            )),
+            "{flow}: {metrics}"
+        );
+    }
+    let text = k.log_text();
+    assert!(text.contains("fatal error"), "{text}");
+    k.signal("TERM");
+    assert_eq!(k.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// A target outage longer than `max.poll.interval.ms` while the producer
+/// queue is full: the consumer is still polled (the member is not kicked
+/// out of its group with records queued), and exactly-once stays exact.
+#[test]
+fn a_target_outage_longer_than_the_poll_interval_keeps_the_member_and_the_copy_exact() {
+    let src = Broker::start(&unique("src"));
+    let mut dst = Broker::start_sqlite(&unique("dst"));
+    let topic = unique("outage");
+    src.create_topic(&topic, 3, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[source.properties]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n\n{}",
+        flow(
+            &topic,
+            "delivery = \"exactly-once\"\n\n[runtime]\nproducer_queue_kbytes = 64\n"
+        )
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &text);
+    let log = dir.path().join("kmirror.log");
+    let k = KmirrorProc::start(&cfg, &log);
+    let target = format!("src.{topic}");
+    src.produce(&topic, &numbered(0, 3000, 3));
+    wait_count(&dst, &target, 3000, Duration::from_secs(60), &k);
+    dst.kill();
+    src.produce(&topic, &numbered(3000, 20_000, 3));
+    std::thread::sleep(Duration::from_secs(15));
+    dst.restart();
+    wait_count(&dst, &target, 23_000, Duration::from_secs(120), &k);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_exact_copy(&src, &topic, &dst, &target);
+    let text = k.log_text();
+    assert!(
+        !text.contains("maximum poll interval"),
+        "the member was kicked out of its group: {text}"
+    );
+}
+
+/// Exactly-once never falls back to the group's commit: partitions that
+/// move while the target is down are held until their position can be
+/// derived, then resume exactly.
+#[test]
+fn exactly_once_holds_partitions_until_their_position_can_be_derived() {
+    let src = Broker::start(&unique("src"));
+    let mut dst = Broker::start_sqlite(&unique("dst"));
+    let topic = unique("hold");
+    src.create_topic(&topic, 4, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let listen_a = http_listen();
+    let base = format!(
+        "[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n"
+    );
+    let extra = "delivery = \"exactly-once\"\n";
+    let cfg_a = write_config(
+        dir.path(),
+        &src,
+        &dst,
+        &format!("{base}{}", flow_toml(&listen_a, &topic, extra)),
+    );
+    let cfg_a2 = dir.path().join("a.toml");
+    std::fs::rename(&cfg_a, &cfg_a2).unwrap();
+    let cfg_b = write_config(
+        dir.path(),
+        &src,
+        &dst,
+        &format!("{base}{}", flow(&topic, extra)),
+    );
+    let a = KmirrorProc::start(&cfg_a2, &dir.path().join("a.log"));
+    let mut b = KmirrorProc::start(&cfg_b, &dir.path().join("b.log"));
+    let target = format!("src.{topic}");
+    // Steady load while both mirror.
+    let mut sent = 0;
+    for _ in 0..10 {
+        src.produce(&topic, &numbered(sent, 1000, 4));
+        sent += 1000;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_count(&dst, &target, sent as i64, Duration::from_secs(60), &a);
+    src.produce(&topic, &numbered(sent, 3000, 4));
+    sent += 3000;
+    // B dies with records written but not committed, and the target goes
+    // down before A takes B's partitions over.
+    std::thread::sleep(Duration::from_millis(300));
+    b.kill9();
+    dst.kill();
+    wait_until(Duration::from_secs(60), || {
+        a.log_text().contains("the partition is held")
+    });
+    let (_, ready) = http_get(&listen_a, "/readyz").unwrap();
+    assert!(ready.contains("held"), "{ready}");
+    dst.restart();
+    wait_count(&dst, &target, sent as i64, Duration::from_secs(120), &a);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_exact_copy(&src, &topic, &dst, &target);
+    assert!(a.log_text().contains("resume position derived"));
+}
