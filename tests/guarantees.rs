@@ -361,8 +361,9 @@ fn exactly_once_holds_partitions_until_their_position_can_be_derived() {
     wait_until(Duration::from_secs(60), || {
         a.log_text().contains("the partition is held")
     });
-    let (_, ready) = http_get(&listen_a, "/readyz").unwrap();
-    assert!(ready.contains("held"), "{ready}");
+    wait_until(Duration::from_secs(30), || {
+        http_get(&listen_a, "/readyz").is_some_and(|(_, b)| b.contains("held"))
+    });
     dst.restart();
     wait_count(&dst, &target, sent as i64, Duration::from_secs(120), &a);
     std::thread::sleep(Duration::from_secs(3));

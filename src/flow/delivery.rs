@@ -18,7 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::slots::SlotCache;
 use super::{now_ms, Shared, NO_SLOT, OFFSET_BITS, OFFSET_MASK, SYNC_FLAG};
@@ -77,11 +77,8 @@ impl ClientContext for DeliveryCtx {
             .errors
             .with_label_values(&[&sh.flow, "target_client"])
             .inc();
-        if err.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            error!(flow = %sh.flow, error = %err, "target producer: fatal error ({reason}); the flow restarts with a new producer and resumes from what the target acknowledged");
-            sh.request_restart("fatal", format!("fatal producer error: {reason}"));
-            return;
-        }
+        // (A fatal error arrives here with its underlying code; the flow
+        // asks the producer itself, see `kafka::fault::fatal_error`.)
         if let Some(suppressed) = sh.throttle.allow("target_client") {
             warn!(flow = %sh.flow, error = %err, suppressed, "target producer: {reason}");
         }
@@ -152,6 +149,9 @@ impl ProducerContext for DeliveryCtx {
                 {
                     let mut l = slot.ledger();
                     if not_written(code) {
+                        if code == Some(RDKafkaErrorCode::Fatal) {
+                            sh.request_restart("fatal", format!("fatal producer error: {e}"));
+                        }
                         l.not_written(src, e.to_string());
                     } else {
                         l.refuse(src, e.to_string(), code, record_size(m));

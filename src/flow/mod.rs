@@ -533,6 +533,24 @@ struct Hold {
     backoff: Duration,
 }
 
+impl Hold {
+    fn new(target_missing: bool, unresolved: Option<String>) -> Self {
+        // A partition never tried (its target partition was missing) is
+        // tried at once; one that failed, after a second.
+        let first = if unresolved.as_deref().is_some_and(|e| !e.is_empty()) && !target_missing {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
+        Self {
+            target_missing,
+            unresolved,
+            next_try: Instant::now() + first,
+            backoff: Duration::from_secs(2),
+        }
+    }
+}
+
 /// What [`forward`] did with a record.
 enum Forwarded {
     /// Sent, skipped, or passed over (held, blocked, unassigned).
@@ -707,19 +725,29 @@ impl FlowLoop {
             .lock()
             .map(|mut n| std::mem::take(&mut *n))
             .unwrap_or_default();
-        for a in newly {
+        for mut a in newly {
             let key = (a.topic.clone(), a.partition);
             self.stopped.remove(&key);
             if !(a.target_missing || a.unresolved.is_some()) {
                 self.holds.remove(&key);
                 continue;
             }
+            let tp = self
+                .sh
+                .mirror_set()
+                .get(&a.topic)
+                .map_or(0, |m| m.target_partitions);
+            if a.target_missing && a.partition < tp {
+                // The mirror set learnt of the target partition after the
+                // assignment (and before this look).
+                a.target_missing = false;
+                if a.unresolved.is_none() {
+                    self.holds.remove(&key);
+                    self.release(&a.topic, a.partition, None);
+                    continue;
+                }
+            }
             if a.target_missing {
-                let tp = self
-                    .sh
-                    .mirror_set()
-                    .get(&a.topic)
-                    .map_or(0, |m| m.target_partitions);
                 if tp > 0 {
                     self.sh
                         .metrics
@@ -729,15 +757,8 @@ impl FlowLoop {
                 }
                 warn!(flow = %self.sh.flow, topic = %a.topic, partition = a.partition, target_partitions = tp, "partition held: the target topic does not have it yet");
             }
-            self.holds.insert(
-                key,
-                Hold {
-                    target_missing: a.target_missing,
-                    unresolved: a.unresolved,
-                    next_try: Instant::now() + Duration::from_secs(1),
-                    backoff: Duration::from_secs(1),
-                },
-            );
+            self.holds
+                .insert(key, Hold::new(a.target_missing, a.unresolved));
         }
     }
 
@@ -963,6 +984,12 @@ impl FlowLoop {
             c.flush();
         }
         sh.queue.set(self.producer.in_flight_count() as i64);
+        if let Some(why) = kafka::fault::fatal_error(&*self.producer) {
+            if sh.restart_requested().is_none() {
+                error!(flow = %sh.flow, error = %why, "target producer: fatal error; the flow restarts with a new producer and resumes from what the target acknowledged");
+            }
+            sh.request_restart("fatal", format!("fatal producer error: {why}"));
+        }
         let in_use = sh.slots.write().map(|mut t| {
             t.reap();
             t.in_use()
@@ -993,6 +1020,14 @@ impl FlowLoop {
         }
         for slot in &slots {
             self.report_block(slot);
+        }
+        // Partitions that moved away are no longer this process's concern.
+        if !self.stopped.is_empty() {
+            let owned: BTreeSet<(String, i32)> = slots
+                .iter()
+                .map(|s| (s.topic.clone(), s.partition))
+                .collect();
+            self.stopped.retain(|k| owned.contains(k));
         }
         sh.idle_points(&slots, false);
         produce_syncs(
@@ -1288,6 +1323,13 @@ fn forward<M: Forwardable>(
         Ok(()) => Forwarded::Done,
         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
             slot.not_sent();
+            Forwarded::Full(slot.clone())
+        }
+        Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+            // Not the record's fault: the producer is gone. Kept back like a
+            // full queue; the loop sees the restart request and stops.
+            slot.not_sent();
+            sh.request_restart("fatal", format!("fatal producer error: {e}"));
             Forwarded::Full(slot.clone())
         }
         Err((e, _)) => {

@@ -199,6 +199,7 @@ impl FlowConsumerCtx {
         let backpressured = self.backpressured.load(Ordering::Acquire);
         let mut pause = TopicPartitionList::new();
         let mut out = Vec::new();
+        let mut target_down: Option<String> = None;
         for (topic, p) in parts {
             debug!(flow = %sh.flow, topic = %topic, partition = p, "partition assigned");
             let m = mirror.get(&topic);
@@ -215,7 +216,11 @@ impl FlowConsumerCtx {
             let mut unresolved = None;
             if self.eos.is_some() {
                 if target_missing {
-                    unresolved = Some("the target partition does not exist yet".to_string());
+                    unresolved = Some(String::new());
+                } else if let Some(e) = &target_down {
+                    // One failure is enough: do not wait out the read
+                    // timeouts of every partition inside the callback.
+                    unresolved = Some(e.clone());
                 } else {
                     match self.resolve(&topic, &target, p) {
                         Ok(Some(pos)) => {
@@ -228,6 +233,7 @@ impl FlowConsumerCtx {
                                 .with_label_values(&[&sh.flow, "eos_resume"])
                                 .inc();
                             error!(flow = %sh.flow, topic = %topic, partition = p, error = %e, "exactly-once: cannot derive the resume position from the target; the partition is held (not consumed) and the flow retries");
+                            target_down = Some(e.clone());
                             unresolved = Some(e);
                         }
                     }

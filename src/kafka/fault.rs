@@ -1,4 +1,5 @@
-//! Fault injection for tests: one audited FFI call.
+//! Fatal producer errors: how to ask a producer whether it has one, and
+//! how the tests raise one. Two audited FFI calls.
 //!
 //! `KMIRROR_TEST_FATAL_AFTER=N` (read by the flow at start) raises a fatal
 //! error in a flow's target producer after it forwarded N records, the way
@@ -29,4 +30,29 @@ where
             reason.as_ptr(),
         );
     }
+}
+
+/// The fatal error of `producer`, if it has one: an idempotent producer
+/// with a fatal error (fenced, unrecoverable sequence error) never sends
+/// again and must be replaced.
+pub fn fatal_error<C, P>(producer: &P) -> Option<String>
+where
+    C: rdkafka::producer::ProducerContext,
+    P: Producer<C>,
+{
+    let mut buf = [0u8; 512];
+    // SAFETY: the client pointer is valid for the lifetime of `producer`;
+    // librdkafka writes at most `buf.len()` bytes, NUL-terminated.
+    let code = unsafe {
+        rdkafka_sys::rd_kafka_fatal_error(
+            producer.client().native_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if code == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }

@@ -307,9 +307,13 @@ pub fn write_config(dir: &Path, source: &Broker, target: &Broker, extra: &str) -
     path
 }
 
-/// Path of the built kmirror binary.
+/// Path of the built kmirror binary; `KMIRROR_TEST_BIN` runs the tests
+/// against another build (e.g. an older one, to see a test fail before a
+/// fix).
 pub fn kmirror_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kmirror"))
+    std::env::var_os("KMIRROR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kmirror")))
 }
 
 /// A `kmirror run` child process; killed (SIGKILL) on drop.
