@@ -14,6 +14,19 @@ fn flow(topic: &str, extra: &str) -> String {
     flow_toml("", topic, extra)
 }
 
+/// Waits for `cond`; on timeout, fails with kmirror's log.
+fn wait_or_log(k: &KmirrorProc, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}; kmirror log:\n{}",
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Every numbered value `0..n` is in `target` (at least once).
 fn assert_all_present(dst: &Broker, target: &str, n: usize) {
     let counts = value_counts(dst, target);
@@ -84,11 +97,21 @@ fn exactly_once_mirrors_a_refused_record_after_the_fix() {
     let dst = Broker::start(&unique("dst"));
     let topic = unique("eosrefuse");
     let target = format!("src.{topic}");
-    src.create_topic(&topic, 3, &[]);
-    dst.create_topic(&target, 3, &[("max.message.bytes", "100000")]);
-    let n = 6000;
-    let mut records = numbered(0, n, 3);
-    records[3000].value = Some(vec![b'x'; 250_000]);
+    src.create_topic(&topic, 3, &[("max.message.bytes", "10000000")]);
+    // Above the producer's batch.size (1 MB): only the oversized record's
+    // batch is refused.
+    dst.create_topic(&target, 3, &[("max.message.bytes", "1100000")]);
+    // 1 KB records, so that the records after the oversized one fill
+    // later batches, which the target accepts after refusing its batch.
+    let n = 9000;
+    let mut records: Vec<Rec> = (0..n)
+        .map(|i| {
+            let mut v = format!("v-{i}-").into_bytes();
+            v.resize(1000, b'p');
+            Rec::new((i % 3) as i32, Some(format!("k-{i}").as_bytes()), Some(&v))
+        })
+        .collect();
+    records[3000].value = Some(vec![b'x'; 2_500_000]);
     assert_eq!(records[3000].partition, 0);
     src.produce(&topic, &records);
     let dir = tempfile::tempdir().unwrap();
@@ -97,19 +120,38 @@ fn exactly_once_mirrors_a_refused_record_after_the_fix() {
         dir.path(),
         &src,
         &dst,
-        &flow_toml(&listen, &topic, "delivery = \"exactly-once\"\n"),
+        &format!(
+            "[target.properties]\n\"message.max.bytes\" = \"8000000\"\n\n{}",
+            flow_toml(
+                &listen,
+                &topic,
+                "delivery = \"exactly-once\"\nconfig_exclude = [\"max\\\\.message\\\\.bytes\"]\n"
+            )
+        ),
     );
     let log = dir.path().join("kmirror.log");
     let mut k = KmirrorProc::start(&cfg, &log);
-    wait_until(Duration::from_secs(60), || {
+    wait_or_log(&k, Duration::from_secs(60), || {
         k.log_text().contains("the target refused a record")
     });
     // The other partitions are complete; a rebalance-free stop and restart
     // (before the fix) must not pass the refused record either.
-    wait_until(Duration::from_secs(60), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let got = dst.read_all(&target);
-        (1..3).all(|p| got.iter().filter(|r| r.partition == p).count() == n / 3)
-    });
+        let per: Vec<usize> = (0..3)
+            .map(|p| got.iter().filter(|r| r.partition == p).count())
+            .collect();
+        if per[1] >= n / 3 && per[2] >= n / 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{per:?}: {}",
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     k.signal("TERM");
     assert_eq!(k.wait_exit(Duration::from_secs(30)), Some(0));
     let mut k = KmirrorProc::start(&cfg, &log);
@@ -124,7 +166,7 @@ fn exactly_once_mirrors_a_refused_record_after_the_fix() {
             target.clone(),
             vec![kmirror::kafka::incremental::ConfigOp::Set(
                 "max.message.bytes".into(),
-                "1048576".into(),
+                "4000000".into(),
             )],
         )],
         Duration::from_secs(10),
@@ -135,23 +177,24 @@ fn exactly_once_mirrors_a_refused_record_after_the_fix() {
     wait_until(Duration::from_secs(90), || {
         value_counts(&dst, &target)
             .keys()
-            .any(|v| v.len() == 250_000)
+            .any(|v| v.len() == 2_500_000)
     });
     std::thread::sleep(Duration::from_secs(2));
     let counts = value_counts(&dst, &target);
     assert_eq!(
         counts
             .iter()
-            .filter(|(v, _)| v.len() == 250_000)
+            .filter(|(v, _)| v.len() == 2_500_000)
             .map(|(_, c)| c)
             .sum::<usize>(),
         1,
         "the refused record arrives once"
     );
-    for i in (0..n).filter(|i| *i != 3000) {
+    for r in &records {
         assert!(
-            counts.contains_key(format!("v-{i}").as_bytes()),
-            "v-{i} lost"
+            counts.contains_key(r.value.as_ref().unwrap()),
+            "a record of partition {} lost",
+            r.partition
         );
     }
     // Partitions 1 and 2 were never refused anything: exact.

@@ -135,6 +135,7 @@ impl Broker {
             .set("bootstrap.servers", self.bootstrap())
             .set("log_level", "3")
             .set("enable.idempotence", "true")
+            .set("message.max.bytes", "10000000")
             .set("linger.ms", "5")
             .create()
             .unwrap()
