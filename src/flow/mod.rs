@@ -64,6 +64,10 @@ pub const PROVENANCE_HEADER: &str = "kmirror-source";
 /// partition, so that an exactly-once resume reads a short tail.
 pub const SYNC_EVERY: u64 = 1000;
 
+/// A backpressure wait longer than this pauses every partition and polls
+/// the consumer (well inside any `max.poll.interval.ms`).
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
 /// Opaque flag of offset-sync records; the rest holds slot and offset.
 const SYNC_FLAG: usize = 1 << 63;
 /// Slot index of a point that no slot waits for.
@@ -508,6 +512,7 @@ impl Replicator {
             stopped: BTreeSet::new(),
             pending: VecDeque::new(),
             resume_at: 0,
+            paused_all: false,
             backoff: Duration::from_millis(1),
             waited: Duration::ZERO,
             cache: None,
@@ -580,6 +585,8 @@ struct FlowLoop {
     /// Backpressure: records are handed over again once the producer
     /// queue holds at most this many.
     resume_at: i32,
+    /// Every partition paused by a long backpressure wait.
+    paused_all: bool,
     backoff: Duration,
     waited: Duration,
     cache: SlotCache,
@@ -855,17 +862,12 @@ impl FlowLoop {
         }
     }
 
-    /// The producer queue is full: pause every partition (the consumer is
-    /// still polled, so the member stays in its group and rebalances are
-    /// served) until half of it has drained.
+    /// The producer queue is full. The loop waits until half of it has
+    /// drained (so that it refills in bursts of full batches); a wait that
+    /// lasts (a slow or down target) pauses every partition and polls the
+    /// consumer meanwhile, so that the member stays in its group and
+    /// rebalances are served.
     fn enter_backpressure(&mut self) {
-        self.consumer
-            .context()
-            .backpressured
-            .store(true, Ordering::Release);
-        if let Ok(a) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&a);
-        }
         self.resume_at = self.producer.in_flight_count() / 2;
         self.backoff = Duration::from_millis(1);
         self.waited = Duration::ZERO;
@@ -876,7 +878,30 @@ impl FlowLoop {
             .set(1);
     }
 
+    /// After [`PAUSE_AFTER`] of waiting: every partition paused, and the
+    /// consumer polled from then on. (Pausing drops what the consumer
+    /// fetched ahead, which it fetches again on resume: not worth it for
+    /// the short waits of a busy pipe.)
+    fn pause_all(&mut self) {
+        self.paused_all = true;
+        self.consumer
+            .context()
+            .backpressured
+            .store(true, Ordering::Release);
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&a);
+        }
+    }
+
     fn leave_backpressure(&mut self) {
+        self.sh
+            .metrics
+            .partitions_paused
+            .with_label_values(&[&self.sh.flow, "backpressure"])
+            .set(0);
+        if !std::mem::take(&mut self.paused_all) {
+            return;
+        }
         self.consumer
             .context()
             .backpressured
@@ -891,11 +916,6 @@ impl FlowLoop {
         if tpl.count() > 0 {
             let _ = self.consumer.resume(&tpl);
         }
-        self.sh
-            .metrics
-            .partitions_paused
-            .with_label_values(&[&self.sh.flow, "backpressure"])
-            .set(0);
     }
 
     /// Backpressure: hands the held-back records over once there is room;
@@ -936,13 +956,20 @@ impl FlowLoop {
             self.abandon_pending();
             return;
         }
+        if self.waited >= PAUSE_AFTER && !self.paused_all {
+            self.pause_all();
+        }
         // 1 ms steps while the pipe is merely busy; after 100 ms of waiting
         // (a slow or down target) the steps grow to 50 ms.
-        if let Some(Ok(msg)) = self.consumer.poll(self.backoff) {
-            // Fetched before the pause applied: queued behind the others.
-            if let Some((_, slot)) = self.sh.slot_for(msg.topic(), msg.partition()) {
-                self.pending.push_back((slot, msg.detach()));
+        if self.paused_all {
+            if let Some(Ok(msg)) = self.consumer.poll(self.backoff) {
+                // Fetched before the pause applied: queued behind the others.
+                if let Some((_, slot)) = self.sh.slot_for(msg.topic(), msg.partition()) {
+                    self.pending.push_back((slot, msg.detach()));
+                }
             }
+        } else {
+            std::thread::sleep(self.backoff);
         }
         self.waited += self.backoff;
         if self.waited > Duration::from_millis(100) {

@@ -270,6 +270,7 @@ pub fn read_range(
     c.assign(&tpl).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut failing: Option<Instant> = None;
     while out.last().map_or(from, |m: &OwnedMessage| m.offset() + 1) < to {
         if Instant::now() > deadline {
             let _ = c.unassign();
@@ -279,13 +280,20 @@ pub fn read_range(
         }
         match c.poll(Duration::from_secs(10)) {
             Some(Ok(m)) => {
+                failing = None;
                 if m.topic() == topic && m.partition() == partition && m.offset() < to {
                     out.push(m.detach());
                 }
             }
             Some(Err(e)) => {
-                let _ = c.unassign();
-                return Err(format!("reading {topic}/{partition}: {e}"));
+                // Error events can be stale (AllBrokersDown queued during an
+                // outage that has ended): keep reading, and give up only
+                // when errors go on for 10 s without a record.
+                let first = *failing.get_or_insert_with(Instant::now);
+                if first.elapsed() > Duration::from_secs(10) || !transient(&e) {
+                    let _ = c.unassign();
+                    return Err(format!("reading {topic}/{partition}: {e}"));
+                }
             }
             None => {
                 // No record within the timeout: the rest are offsets without
@@ -306,6 +314,23 @@ pub fn read_range(
     }
     let _ = c.unassign();
     Ok(out)
+}
+
+/// Errors of a consumer that go away by themselves (connections).
+fn transient(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+        )
+    )
 }
 
 /// A group-less reader of one cluster: assigns partitions and polls, never

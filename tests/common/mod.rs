@@ -384,7 +384,8 @@ impl KmirrorProc {
             if let Some(c) = self.child.as_mut() {
                 if let Some(st) = c.try_wait().unwrap() {
                     self.child = None;
-                    return Some(st.code().unwrap_or(-1));
+                    use std::os::unix::process::ExitStatusExt;
+                    return Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
                 }
             }
             if Instant::now() > deadline {
