@@ -31,6 +31,7 @@
 //! offset-sync point → checkpoints translate group offsets with them.
 
 pub mod app;
+pub mod chaos;
 pub mod cli;
 pub mod commands;
 pub mod config;

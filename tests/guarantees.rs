@@ -391,9 +391,7 @@ fn exactly_once_holds_partitions_until_their_position_can_be_derived() {
     src.create_topic(&topic, 4, &[]);
     let dir = tempfile::tempdir().unwrap();
     let listen_a = http_listen();
-    let base = format!(
-        "[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n"
-    );
+    let base = "[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n";
     let extra = "delivery = \"exactly-once\"\n";
     let cfg_a = write_config(
         dir.path(),

@@ -519,11 +519,9 @@ mod tests {
                             }
                         }
                     }
-                    7 => {
-                        if !unacked_points.is_empty() {
-                            let i = rng.random_range(0..unacked_points.len());
-                            l.point_persisted(unacked_points.remove(i));
-                        }
+                    7 if !unacked_points.is_empty() => {
+                        let i = rng.random_range(0..unacked_points.len());
+                        l.point_persisted(unacked_points.remove(i));
                     }
                     8 => {
                         let p =
