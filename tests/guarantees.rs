@@ -437,3 +437,91 @@ fn exactly_once_holds_partitions_until_their_position_can_be_derived() {
     assert_exact_copy(&src, &topic, &dst, &target);
     assert!(a.log_text().contains("resume position derived"));
 }
+
+/// At-least-once under rebalances and clean stops only (no crash): two
+/// processes join and leave while records flow, and no record is written
+/// twice (every revoke drains and commits exactly).
+#[test]
+fn clean_stops_and_rebalances_repeat_nothing_at_least_once() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("rebal");
+    src.create_topic(&topic, 6, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src, &dst, &flow(&topic, ""));
+    let target = format!("src.{topic}");
+    let (la, lb) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = KmirrorProc::start(&cfg, &la);
+    let mut sent = 0;
+    let mut b: Option<KmirrorProc> = None;
+    for step in 0..8 {
+        src.produce(&topic, &padded(sent, 3000, 6, 200));
+        sent += 3000;
+        match step {
+            1 => b = Some(KmirrorProc::start(&cfg, &lb)),
+            3 => {
+                a.signal("TERM");
+                assert_eq!(
+                    a.wait_exit(Duration::from_secs(40)),
+                    Some(0),
+                    "{}",
+                    a.log_text()
+                );
+            }
+            4 => a = KmirrorProc::start(&cfg, &la),
+            6 => {
+                let k = b.as_mut().unwrap();
+                k.signal("TERM");
+                assert_eq!(
+                    k.wait_exit(Duration::from_secs(40)),
+                    Some(0),
+                    "{}",
+                    k.log_text()
+                );
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    wait_count(&dst, &target, sent as i64, Duration::from_secs(120), &a);
+    std::thread::sleep(Duration::from_secs(3));
+    let counts = value_counts(&dst, &target);
+    let dups: usize = counts.values().map(|c| c - 1).sum();
+    if let Ok(d) = std::env::var("KMIRROR_TEST_KEEP_LOGS") {
+        let _ = std::fs::copy(&la, format!("{d}/a.log"));
+        let _ = std::fs::copy(&lb, format!("{d}/b.log"));
+    }
+    assert_superset(&src, &topic, &dst, &target);
+    let mut per: std::collections::BTreeMap<usize, (usize, usize, usize)> = Default::default();
+    for (v, c) in &counts {
+        if *c > 1 {
+            let s = String::from_utf8_lossy(v);
+            let i: usize = s
+                .split('-')
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            let e = per.entry(i % 6).or_insert((0, usize::MAX, 0));
+            e.0 += c - 1;
+            e.1 = e.1.min(i);
+            e.2 = e.2.max(i);
+        }
+    }
+    // Partition 0 of the target as runs of source offsets, for the failure
+    // message.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for r in dst.read_all(&target).iter().filter(|r| r.partition == 0) {
+        let s = String::from_utf8_lossy(r.value.as_ref().unwrap()).to_string();
+        let o: usize = s
+            .split('-')
+            .nth(1)
+            .and_then(|x| x.parse::<usize>().ok())
+            .unwrap_or(0)
+            / 6;
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == o => *end = o,
+            _ => runs.push((o, o)),
+        }
+    }
+    assert_eq!(dups, 0, "records written twice without any crash: per partition (count, first, last) {per:?}; target partition 0 as source offset runs: {runs:?}");
+}

@@ -281,6 +281,29 @@ impl FlowConsumerCtx {
             .iter()
             .filter_map(|e| sh.slot_for(e.topic(), e.partition()).map(|(_, s)| s))
             .collect();
+        // Lost, not revoked: the group gave these partitions to others
+        // while this process did not answer (frozen, cut off) — another
+        // owner may be writing them already. Nothing more may be written
+        // or committed for them: purge at once and restart the flow.
+        if consumer.assignment_lost() {
+            if let Some(p) = self.producer() {
+                p.purge(PurgeConfig::default().queue().inflight());
+                let _ = drain(sh, &p, &slots, Instant::now() + Duration::from_secs(5));
+            }
+            error!(flow = %sh.flow, partitions = tpl.count(), "partitions lost: this process did not answer its group within the session timeout (frozen or cut off) and they moved to another member; queued records were purged, nothing more is committed for them, and the flow restarts with fresh clients");
+            sh.request_restart(
+                "purged",
+                "partitions lost after a session timeout; queued records were purged".into(),
+            );
+            for e in tpl.elements() {
+                sh.unassign(e.topic(), e.partition());
+            }
+            let _ = match consumer.rebalance_protocol() {
+                RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+                _ => consumer.unassign(),
+            };
+            return;
+        }
         // Drain: every record of these partitions handed to the producer is
         // acknowledged (or refused) before they move, a point describes the
         // last one, and the positions are committed, so the next owner
@@ -313,9 +336,19 @@ impl FlowConsumerCtx {
             }
         }
         if commit.count() > 0 {
-            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                warn!(flow = %sh.flow, error = %e, "revoke: commit failed");
+            // Stored too: librdkafka commits the stored offsets itself when
+            // the partitions are unassigned (auto commit), after this
+            // commit; a stored offset older than this one would overwrite
+            // it and the next owner would mirror the difference again.
+            if let Err(e) = consumer.store_offsets(&commit) {
+                debug!(flow = %sh.flow, error = %e, "revoke: cannot store offsets");
             }
+            match consumer.commit(&commit, CommitMode::Sync) {
+                Ok(()) => debug!(flow = %sh.flow, positions = ?commit, "revoke: committed"),
+                Err(e) => warn!(flow = %sh.flow, error = %e, "revoke: commit failed"),
+            }
+        } else {
+            debug!(flow = %sh.flow, "revoke: nothing to commit");
         }
         for e in tpl.elements() {
             debug!(flow = %sh.flow, topic = e.topic(), partition = e.partition(), "partition revoked");
