@@ -525,3 +525,66 @@ fn clean_stops_and_rebalances_repeat_nothing_at_least_once() {
     }
     assert_eq!(dups, 0, "records written twice without any crash: per partition (count, first, last) {per:?}; target partition 0 as source offset runs: {runs:?}");
 }
+
+/// An operator deletes the target topics: config sync creates them again
+/// and mirroring goes on in both modes; what was written after the
+/// deletion arrives (exactly-once: once each, in order).
+#[test]
+fn a_deleted_target_topic_is_recreated_and_mirroring_goes_on() {
+    use rdkafka::admin::AdminOptions;
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let (t1, t2) = (unique("delalo"), unique("deleos"));
+    src.create_topic(&t1, 2, &[]);
+    src.create_topic(&t2, 2, &[]);
+    src.produce(&t1, &numbered(0, 2000, 2));
+    src.produce(&t2, &numbered(0, 2000, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[flow]]\nname = \"alo\"\ntopics = [\"{t1}\"]\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"2s\"\n\n\
+         [[flow]]\nname = \"eos\"\ntopics = [\"{t2}\"]\ndelivery = \"exactly-once\"\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"2s\"\n"
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &text);
+    let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    let (g1, g2) = (format!("src.{t1}"), format!("src.{t2}"));
+    wait_count(&dst, &g1, 2000, Duration::from_secs(60), &k);
+    wait_count(&dst, &g2, 2000, Duration::from_secs(60), &k);
+    let admin = dst.admin();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let res = rt
+        .block_on(admin.delete_topics(&[g1.as_str(), g2.as_str()], &AdminOptions::new()))
+        .expect("DeleteTopics");
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    wait_until(Duration::from_secs(10), || count(&dst, &g1) < 2000);
+    src.produce(&t1, &numbered(2000, 2000, 2));
+    src.produce(&t2, &numbered(2000, 2000, 2));
+    wait_or_log(&k, Duration::from_secs(120), || {
+        let (c1, c2) = (value_counts(&dst, &g1), value_counts(&dst, &g2));
+        (2000..4000).all(|i| {
+            let v = format!("v-{i}").into_bytes();
+            c1.contains_key(&v) && c2.contains_key(&v)
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // Exactly-once: the new topic holds a tail of the source, each record
+    // once and in order.
+    let (s, t) = (src.read_all(&t2), dst.read_all(&g2));
+    for p in 0..2 {
+        let sv: Vec<_> = s
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.value.clone())
+            .collect();
+        let tv: Vec<_> = t
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.value.clone())
+            .collect();
+        assert!(
+            !tv.is_empty() && sv.ends_with(&tv),
+            "partition {p}: the recreated target is not a tail of the source ({} of {} records)",
+            tv.len(),
+            sv.len()
+        );
+    }
+}
