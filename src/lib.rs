@@ -10,10 +10,11 @@
 //! - [`discovery`]: lists source topics, applies each flow's rules, and
 //!   publishes each flow's mirror set (source → target topic, partitions).
 //! - [`flow`]: the replicator — one source consumer (the flow's group) and
-//!   one idempotent target producer per flow; at-least-once by storing
-//!   offsets only after the target's acknowledgement; exactly-once by
-//!   deriving the resume position from the target ([`flow::eos`]); writes
-//!   offset-sync points.
+//!   one idempotent target producer per flow; a per-partition ledger
+//!   ([`flow::ledger`]) decides from the contiguous acknowledged prefix
+//!   what may be committed and which offset-sync points may be written;
+//!   exactly-once by deriving the resume position from the target
+//!   ([`flow::eos`]), never from the group's commit.
 //! - [`config_sync`]: creates target topics and keeps configs, partition
 //!   counts and topic ACLs in line ([`config_sync::diff`] is pure).
 //! - [`offsets`]: MM2 wire layouts, the offset-sync store with exact
@@ -24,7 +25,8 @@
 //!   (IncrementalAlterConfigs, ACLs).
 //! - [`commands`], [`cli`], [`plan`]: the command line.
 //! - [`devcluster`]: local nisshi brokers for the demo, the benchmark and
-//!   the tests.
+//!   the tests; [`chaos`]: the fault-injection soak that checks the
+//!   delivery guarantees from the topics themselves.
 //!
 //! Data flow: source partition → consumer → producer (same partition of
 //! the renamed topic) → delivery report → committed position and

@@ -144,6 +144,33 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn new(
+        flow: &str,
+        source_alias: &str,
+        delivery: Delivery,
+        metrics: Arc<Metrics>,
+        interval_ms: i64,
+    ) -> Self {
+        Self {
+            flow: flow.to_string(),
+            source_alias: source_alias.to_string(),
+            delivery,
+            queue: metrics.producer_queue.with_label_values(&[flow]),
+            metrics,
+            slots: RwLock::new(SlotTable::default()),
+            pending_syncs: Mutex::new(VecDeque::new()),
+            last_syncs: Mutex::new(HashMap::new()),
+            mirror: Mutex::new(Arc::new(MirrorSet::new())),
+            throttle: LogThrottle::default(),
+            generation: AtomicU64::new(0),
+            rule: PointRule {
+                every: SYNC_EVERY,
+                interval_ms,
+            },
+            restart: Mutex::new(None),
+        }
+    }
+
     fn slot(&self, idx: usize) -> Option<Arc<Slot>> {
         self.slots.read().ok().and_then(|t| t.get(idx))
     }
@@ -419,24 +446,13 @@ impl Replicator {
         let flow = self.flow.name.clone();
         let m = self.metrics.clone();
         let interval_ms = self.runtime.commit_interval.as_millis().max(1) as i64;
-        let shared = Arc::new(Shared {
-            flow: flow.clone(),
-            source_alias: self.source.alias.clone(),
-            delivery: self.flow.delivery,
-            metrics: m.clone(),
-            slots: RwLock::new(SlotTable::default()),
-            pending_syncs: Mutex::new(VecDeque::new()),
-            last_syncs: Mutex::new(HashMap::new()),
-            mirror: Mutex::new(Arc::new(MirrorSet::new())),
-            queue: m.producer_queue.with_label_values(&[&flow]),
-            throttle: LogThrottle::default(),
-            generation: AtomicU64::new(0),
-            rule: PointRule {
-                every: SYNC_EVERY,
-                interval_ms,
-            },
-            restart: Mutex::new(None),
-        });
+        let shared = Arc::new(Shared::new(
+            &flow,
+            &self.source.alias,
+            self.flow.delivery,
+            m.clone(),
+            interval_ms,
+        ));
         let group = self.flow.group_id(&self.source.alias, &self.target.alias);
         let client_id = format!("kmirror-{}-{}", flow, std::process::id());
 
@@ -1370,5 +1386,68 @@ fn forward<M: Forwardable>(
             slot.set_blocked();
             Forwarded::Done
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `produce_syncs` with a producer queue that stays full (the target
+    /// is unreachable) returns at its deadline and keeps the points it
+    /// could not hand over, in order; it neither spins for ever nor drops
+    /// them.
+    #[test]
+    fn produce_syncs_gives_up_at_its_deadline_and_keeps_the_points() {
+        let sh = Arc::new(Shared::new(
+            "f",
+            "src",
+            Delivery::AtLeastOnce,
+            Arc::new(Metrics::new()),
+            1000,
+        ));
+        let mut cfg = rdkafka::ClientConfig::new();
+        cfg.set("bootstrap.servers", "127.0.0.1:1")
+            .set("queue.buffering.max.messages", "1")
+            .set("log_level", "0");
+        let producer = kafka::Polled::create(
+            &cfg,
+            DeliveryCtx {
+                shared: sh.clone(),
+                cache: Mutex::new(None),
+            },
+        )
+        .unwrap();
+        for up in 0..3 {
+            sh.pending_syncs.lock().unwrap().push_back((
+                NO_SLOT,
+                OffsetSync {
+                    topic: "t".into(),
+                    partition: 0,
+                    upstream_offset: up,
+                    downstream_offset: up,
+                },
+            ));
+        }
+        let started = Instant::now();
+        produce_syncs(&sh, &producer, Instant::now() + Duration::from_millis(200));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let left: Vec<i64> = sh
+            .pending_syncs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.upstream_offset)
+            .collect();
+        assert_eq!(
+            left,
+            vec![1, 2],
+            "the first is queued, the rest kept in order"
+        );
+        producer.purge(PurgeConfig::default().queue().inflight());
     }
 }
