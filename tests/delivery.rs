@@ -286,20 +286,7 @@ fn refused_record_stops_its_partition_only_and_resumes_after_fix() {
     // Fix the cause, restart: the partition resumes with nothing lost.
     k.signal("TERM");
     assert_eq!(k.wait_exit(Duration::from_secs(30)), Some(0));
-    let admin = dst.admin();
-    let res = kmirror::kafka::incremental::incremental_alter_topic_configs(
-        admin.inner(),
-        &[(
-            target.clone(),
-            vec![kmirror::kafka::incremental::ConfigOp::Set(
-                "max.message.bytes".into(),
-                "1048576".into(),
-            )],
-        )],
-        Duration::from_secs(10),
-    )
-    .expect("IncrementalAlterConfigs");
-    assert_eq!(res, vec![(target.clone(), Ok(()))]);
+    set_topic_config(&dst, &target, "max.message.bytes", "1048576");
     let k = KmirrorProc::start(&cfg, &log);
     let counts = {
         wait_until(Duration::from_secs(60), || {

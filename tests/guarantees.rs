@@ -185,20 +185,7 @@ fn exactly_once_mirrors_a_refused_record_after_the_fix() {
     k.signal("TERM");
     assert_eq!(k.wait_exit(Duration::from_secs(30)), Some(0));
 
-    let admin = dst.admin();
-    let res = kmirror::kafka::incremental::incremental_alter_topic_configs(
-        admin.inner(),
-        &[(
-            target.clone(),
-            vec![kmirror::kafka::incremental::ConfigOp::Set(
-                "max.message.bytes".into(),
-                "4000000".into(),
-            )],
-        )],
-        Duration::from_secs(10),
-    )
-    .expect("IncrementalAlterConfigs");
-    assert_eq!(res, vec![(target.clone(), Ok(()))]);
+    set_topic_config(&dst, &target, "max.message.bytes", "4000000");
     let k = KmirrorProc::start(&cfg, &log);
     wait_until(Duration::from_secs(90), || {
         value_counts(&dst, &target)
@@ -226,17 +213,7 @@ fn exactly_once_mirrors_a_refused_record_after_the_fix() {
     // Partitions 1 and 2 were never refused anything: exact.
     let (s, t) = (src.read_all(&topic), dst.read_all(&target));
     for p in 1..3 {
-        let sv: Vec<_> = s
-            .iter()
-            .filter(|r| r.partition == p)
-            .map(|r| &r.value)
-            .collect();
-        let tv: Vec<_> = t
-            .iter()
-            .filter(|r| r.partition == p)
-            .map(|r| &r.value)
-            .collect();
-        assert_eq!(sv, tv, "partition {p}");
+        assert_eq!(values_of(&s, p), values_of(&t, p), "partition {p}");
     }
     drop(k);
 }
@@ -570,16 +547,7 @@ fn a_deleted_target_topic_is_recreated_and_mirroring_goes_on() {
     // once and in order.
     let (s, t) = (src.read_all(&t2), dst.read_all(&g2));
     for p in 0..2 {
-        let sv: Vec<_> = s
-            .iter()
-            .filter(|r| r.partition == p)
-            .map(|r| r.value.clone())
-            .collect();
-        let tv: Vec<_> = t
-            .iter()
-            .filter(|r| r.partition == p)
-            .map(|r| r.value.clone())
-            .collect();
+        let (sv, tv) = (values_of(&s, p), values_of(&t, p));
         assert!(
             !tv.is_empty() && sv.ends_with(&tv),
             "partition {p}: the recreated target is not a tail of the source ({} of {} records)",

@@ -156,6 +156,28 @@ impl Resolver {
         r
     }
 
+    /// The target records `[t_from, thi)` and the source records from
+    /// `s_from` that the walk may need (the source side of a walk is at
+    /// most about twice the target side: records skipped, offsets without
+    /// records).
+    fn read_both(
+        &self,
+        source_topic: &str,
+        target_topic: &str,
+        partition: i32,
+        (s_from, shi): (i64, i64),
+        (t_from, thi): (i64, i64),
+    ) -> Result<(Vec<OwnedMessage>, Vec<OwnedMessage>), String> {
+        let targets = read(&self.target, target_topic, partition, t_from, thi)?;
+        let s_to = shi.min(s_from.saturating_add(targets.len() as i64 * 2 + 1024));
+        let sources = if s_from < s_to {
+            read(&self.source, source_topic, partition, s_from, s_to)?
+        } else {
+            Vec::new()
+        };
+        Ok((targets, sources))
+    }
+
     fn try_resume(
         &mut self,
         source_topic: &str,
@@ -192,13 +214,8 @@ impl Resolver {
         if let Some((s, t)) = last.filter(|&(_, t)| t >= tlo) {
             // Read from the point itself, to check that the target holds
             // the copy of its source record there.
-            let targets = read(&self.target, target_topic, partition, t, thi)?;
-            let s_to = shi.min(s.saturating_add(targets.len() as i64 * 2 + 1024));
-            let sources = if s < s_to {
-                read(&self.source, source_topic, partition, s, s_to)?
-            } else {
-                Vec::new()
-            };
+            let (targets, sources) =
+                self.read_both(source_topic, target_topic, partition, (s, shi), (t, thi))?;
             let (tp, sp) = (targets.first(), sources.first());
             let checked = match (tp, sp) {
                 (Some(tr), Some(sr)) if tr.offset() == t && sr.offset() == s => {
@@ -224,18 +241,17 @@ impl Resolver {
             // Not this target's point: derive the position from the whole
             // target partition instead.
         }
-        let (s_from, t_from) = (slo, tlo);
-        let targets = read(&self.target, target_topic, partition, t_from, thi)?;
-        let s_to = shi.min(s_from.saturating_add(targets.len() as i64 * 2 + 1024));
-        let sources = if s_from < s_to {
-            read(&self.source, source_topic, partition, s_from, s_to)?
-        } else {
-            Vec::new()
-        };
+        let (targets, sources) = self.read_both(
+            source_topic,
+            target_topic,
+            partition,
+            (slo, shi),
+            (tlo, thi),
+        )?;
         Ok(Some(walk(
             &sources,
             &targets,
-            s_from,
+            slo,
             self.skip_alias.as_deref(),
         )))
     }

@@ -1320,6 +1320,12 @@ fn forward<M: Forwardable>(
     if slot.is_blocked() {
         return Forwarded::Done;
     }
+    if offset < slot.next_offset.load(Ordering::Relaxed) {
+        // Delivered again by the consumer (an offset reset moved its
+        // position back): already handed over, and its report decides.
+        debug!(flow = %sh.flow, topic = %slot.topic, partition = slot.partition, offset, "record delivered again by the consumer; already forwarded");
+        return Forwarded::Done;
+    }
     let ts = msg.timestamp().to_millis();
     if first {
         if let Some(ts) = ts {
@@ -1335,6 +1341,7 @@ fn forward<M: Forwardable>(
             .any(|h| h.key == PROVENANCE_HEADER && h.value == Some(skip.as_bytes()));
         if from_target {
             slot.ledger().skipped(offset + 1);
+            slot.next_offset.store(offset + 1, Ordering::Relaxed);
             return Forwarded::Done;
         }
     }
@@ -1363,7 +1370,10 @@ fn forward<M: Forwardable>(
     }
     slot.will_send();
     match producer.send(rec) {
-        Ok(()) => Forwarded::Done,
+        Ok(()) => {
+            slot.next_offset.store(offset + 1, Ordering::Relaxed);
+            Forwarded::Done
+        }
         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
             slot.not_sent();
             Forwarded::Full(slot.clone())

@@ -58,6 +58,10 @@ pub struct Slot {
     /// Offset of the first record passed over while held (-1: none); the
     /// flow seeks back to it when the hold ends.
     pub passed_from: AtomicI64,
+    /// Offset after the last record handed to the producer (-1: none);
+    /// consume loop only. A record at an earlier offset (the consumer
+    /// delivering again after an offset reset) was handed over already.
+    pub next_offset: AtomicI64,
     /// A foreign write was reported once.
     pub foreign_warned: AtomicBool,
     /// Last offset stored for commit (consume loop only).
@@ -93,6 +97,7 @@ impl Slot {
             revoked: AtomicBool::new(false),
             held: AtomicBool::new(false),
             passed_from: AtomicI64::new(-1),
+            next_offset: AtomicI64::new(-1),
             foreign_warned: AtomicBool::new(false),
             stored: AtomicI64::new(-1),
             records,

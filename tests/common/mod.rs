@@ -504,6 +504,33 @@ pub fn flow_toml(listen: &str, topics: &str, extra: &str) -> String {
     )
 }
 
+/// The values of partition `p`'s records, in order.
+pub fn values_of(recs: &[Rec], p: i32) -> Vec<Option<Vec<u8>>> {
+    recs.iter()
+        .filter(|r| r.partition == p)
+        .map(|r| r.value.clone())
+        .collect()
+}
+
+/// Sets one topic config with IncrementalAlterConfigs (the test broker has
+/// no legacy AlterConfigs).
+pub fn set_topic_config(broker: &Broker, topic: &str, key: &str, value: &str) {
+    let admin = broker.admin();
+    let res = kmirror::kafka::incremental::incremental_alter_topic_configs(
+        admin.inner(),
+        &[(
+            topic.to_string(),
+            vec![kmirror::kafka::incremental::ConfigOp::Set(
+                key.into(),
+                value.into(),
+            )],
+        )],
+        Duration::from_secs(10),
+    )
+    .expect("IncrementalAlterConfigs");
+    assert_eq!(res, vec![(topic.to_string(), Ok(()))]);
+}
+
 /// Checks that `target` holds exactly the records of `source`, in source
 /// order, once each, per partition (exactly-once); panics naming the first
 /// difference.
@@ -511,16 +538,7 @@ pub fn assert_exact_copy(src: &Broker, topic: &str, dst: &Broker, target: &str) 
     let (s, t) = (src.read_all(topic), dst.read_all(target));
     let parts = src.partitions(topic).unwrap() as i32;
     for p in 0..parts {
-        let sv: Vec<_> = s
-            .iter()
-            .filter(|r| r.partition == p)
-            .map(|r| &r.value)
-            .collect();
-        let tv: Vec<_> = t
-            .iter()
-            .filter(|r| r.partition == p)
-            .map(|r| &r.value)
-            .collect();
+        let (sv, tv) = (values_of(&s, p), values_of(&t, p));
         if sv != tv {
             let first = sv.iter().zip(&tv).position(|(a, b)| a != b);
             panic!(
