@@ -164,9 +164,12 @@ impl Checkpointer {
             .await?
             .map_err(|e| anyhow::anyhow!("checkpoints of flow {flow_name}: {e}"))?
         };
-        let clients = Arc::new(clients);
+        let mut clients = Arc::new(clients);
         let groups = Arc::new(groups);
         let mut st = Some(state);
+        // The error of the run that failed last, until a run succeeds: the
+        // warning is logged once per failure, not every interval.
+        let mut failing: Option<String> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -187,12 +190,37 @@ impl Checkpointer {
                 .checkpoint_latency
                 .with_label_values(&[&me.flow.name])
                 .observe(started.elapsed().as_secs_f64());
-            if let Err(e) = r {
-                me.metrics
-                    .errors
-                    .with_label_values(&[&me.flow.name, "checkpoint"])
-                    .inc();
-                warn!(flow = %me.flow.name, error = %e, "checkpoint run failed; retrying next interval");
+            match r {
+                Err(e) => {
+                    me.metrics
+                        .errors
+                        .with_label_values(&[&me.flow.name, "checkpoint"])
+                        .inc();
+                    if failing.is_none() {
+                        warn!(flow = %me.flow.name, error = %e, "checkpoint run failed; retrying every interval with fresh readers (logged again when it recovers)");
+                    }
+                    failing = Some(e);
+                    // A reader that saw its broker go away can stay stuck
+                    // on AllBrokersDown after the broker is back: the next
+                    // run reads with new ones.
+                    let me2 = me.clone();
+                    let fresh = tokio::task::spawn_blocking(move || -> Result<_, String> {
+                        let src = reader(&me2.source, "kmirror-checkpoints")
+                            .map_err(|e| e.to_string())?;
+                        let dst = reader(&me2.target, "kmirror-checkpoints")
+                            .map_err(|e| e.to_string())?;
+                        Ok((src, dst))
+                    })
+                    .await?;
+                    if let Ok((src, dst)) = fresh {
+                        clients = Arc::new((src, dst, clients.2.clone()));
+                    }
+                }
+                Ok(()) => {
+                    if let Some(e) = failing.take() {
+                        info!(flow = %me.flow.name, last_error = %e, "checkpoint runs succeed again");
+                    }
+                }
             }
         }
     }
