@@ -127,10 +127,15 @@ impl Resolver {
         for m in recs {
             if let (Some(k), Some(v)) = (m.key(), m.payload()) {
                 if let Ok(s) = OffsetSync::decode(k, v) {
-                    let e = self.syncs.entry((s.topic, s.partition)).or_insert((-1, -1));
-                    if s.downstream_offset > e.1 {
-                        *e = (s.upstream_offset, s.downstream_offset);
-                    }
+                    // The last written wins: after a target topic was
+                    // deleted and created again, its new points have
+                    // smaller target offsets than the old ones. (An older
+                    // point is always safe to start from: the walk is
+                    // only longer.)
+                    self.syncs.insert(
+                        (s.topic, s.partition),
+                        (s.upstream_offset, s.downstream_offset),
+                    );
                 }
             }
         }
@@ -190,10 +195,8 @@ impl Resolver {
             .syncs
             .get(&(source_topic.to_string(), partition))
             .copied();
-        let last = match (persisted, own_last_sync) {
-            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
-            (a, b) => a.or(b),
-        };
+        // This process's own last point, when none is persisted yet.
+        let last = persisted.or(own_last_sync);
         let (tlo, thi) = self
             .target
             .fetch_watermarks(target_topic, partition, READ_TIMEOUT)
@@ -248,13 +251,28 @@ impl Resolver {
             (slo, shi),
             (tlo, thi),
         )?;
+        // Without a point of this target, the target may start anywhere in
+        // the source (a target topic deleted and created again): the walk
+        // starts at the source record of the first target record found.
+        let from = resync(&sources, &targets);
         Ok(Some(walk(
-            &sources,
+            &sources[from..],
             &targets,
-            slo,
+            sources.get(from).map_or(slo, |m| m.offset()),
             self.skip_alias.as_deref(),
         )))
     }
+}
+
+/// Where a walk over a whole target partition starts in `sources`: at the
+/// source record of the first of the first 100 target records that is one
+/// (0 when none is: then nothing of the target is found).
+pub fn resync(sources: &[OwnedMessage], targets: &[OwnedMessage]) -> usize {
+    targets
+        .iter()
+        .take(100)
+        .find_map(|t| sources.iter().position(|s| same_record(s, t)))
+        .unwrap_or(0)
 }
 
 /// The walk of step 2: returns the first source offset not in `targets`,
@@ -355,6 +373,20 @@ mod tests {
         let src: Vec<_> = (0..5).map(|i| rec(i, &format!("k{i}"), None)).collect();
         let tgt: Vec<_> = (0..5).map(|i| rec(i + 7, &format!("k{i}"), None)).collect();
         assert_eq!(walk(&src, &tgt, 0, None), (5, vec![(0, 7), (4, 11)]));
+    }
+
+    #[test]
+    fn a_target_that_starts_mid_source_is_found() {
+        let src: Vec<_> = (0..6).map(|i| rec(i, &format!("k{i}"), None)).collect();
+        // Recreated target: holds source records 3 and 4 only.
+        let tgt = vec![rec(0, "k3", None), rec(1, "k4", None)];
+        let from = resync(&src, &tgt);
+        assert_eq!(from, 3);
+        assert_eq!(walk(&src[from..], &tgt, 3, None), (5, vec![(3, 0), (4, 1)]));
+        // A complete target starts at the start.
+        assert_eq!(resync(&src, &src), 0);
+        // Nothing found: the start.
+        assert_eq!(resync(&src, &[rec(0, "x", None)]), 0);
     }
 
     #[test]

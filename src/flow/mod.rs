@@ -141,6 +141,9 @@ pub(crate) struct Shared {
     rule: PointRule,
     /// Why the flow must restart with fresh clients: (metric reason, text).
     restart: Mutex<Option<(&'static str, String)>>,
+    /// Set with `restart` (and before a purge): nothing more is handed to
+    /// the producer.
+    halted: AtomicBool,
 }
 
 impl Shared {
@@ -168,6 +171,7 @@ impl Shared {
                 interval_ms,
             },
             restart: Mutex::new(None),
+            halted: AtomicBool::new(false),
         }
     }
 
@@ -297,8 +301,9 @@ impl Shared {
                     .filter(|(_, s)| Arc::ptr_eq(s, slot))
                     .map_or(NO_SLOT, |(i, _)| i);
                 if idx == NO_SLOT {
-                    // A retired slot: nothing waits for the point.
-                    l.point_persisted(p.0);
+                    // A retired slot: nothing may wait for its points.
+                    l.point_failed(p.0);
+                    continue;
                 }
                 self.queue_points(idx, slot, &[p]);
             }
@@ -307,9 +312,15 @@ impl Shared {
 
     /// Asks the flow to restart with fresh clients (the first reason wins).
     fn request_restart(&self, reason: &'static str, why: String) {
+        self.halt();
         if let Ok(mut r) = self.restart.lock() {
             r.get_or_insert((reason, why));
         }
+    }
+
+    /// Nothing more is handed to the producer (call before a purge).
+    fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
     }
 
     fn restart_requested(&self) -> Option<(&'static str, String)> {
@@ -795,7 +806,13 @@ impl FlowLoop {
             .filter(|(_, h)| !h.target_missing && h.unresolved.is_some() && h.next_try <= now)
             .map(|(k, _)| k.clone())
             .collect();
+        let started = Instant::now();
         for (t, p) in due {
+            // A pass ends after a few seconds; the rest wait for the next
+            // (the loop polls its consumer in between).
+            if started.elapsed() > Duration::from_secs(5) {
+                break;
+            }
             let Some((_, slot)) = self.sh.slot_for(&t, p) else {
                 self.holds.remove(&(t, p));
                 continue;
@@ -815,6 +832,17 @@ impl FlowLoop {
                     self.release(&t, p, pos);
                 }
                 Err(e) => {
+                    // The others would most likely fail the same way: one
+                    // failure ends the pass, so that a pass never keeps
+                    // the consume loop (and its group membership) waiting
+                    // for long.
+                    let backoff = self
+                        .holds
+                        .get(&(t.clone(), p))
+                        .map_or(Duration::from_secs(2), |h| h.backoff);
+                    for h in self.holds.values_mut() {
+                        h.next_try = h.next_try.max(Instant::now() + backoff);
+                    }
                     self.sh
                         .metrics
                         .errors
@@ -828,6 +856,7 @@ impl FlowLoop {
                         h.next_try = Instant::now() + h.backoff;
                         h.backoff = (h.backoff * 2).min(Duration::from_secs(30));
                     }
+                    break;
                 }
             }
         }
@@ -871,7 +900,9 @@ impl FlowLoop {
         }
         slot.passed_from.store(-1, Ordering::Release);
         slot.held.store(false, Ordering::Release);
-        if self.pending.is_empty() {
+        // (While every partition is paused for backpressure, leaving it
+        // resumes this one.)
+        if !self.paused_all {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(topic, partition);
             let _ = self.consumer.resume(&tpl);
@@ -1065,12 +1096,13 @@ impl FlowLoop {
             self.report_block(slot);
         }
         // Partitions that moved away are no longer this process's concern.
-        if !self.stopped.is_empty() {
+        if !self.stopped.is_empty() || !self.holds.is_empty() {
             let owned: BTreeSet<(String, i32)> = slots
                 .iter()
                 .map(|s| (s.topic.clone(), s.partition))
                 .collect();
             self.stopped.retain(|k| owned.contains(k));
+            self.holds.retain(|k, _| owned.contains(k));
         }
         sh.idle_points(&slots, false);
         produce_syncs(
@@ -1193,12 +1225,14 @@ impl FlowLoop {
         // A restart means the target is failing (fatal producer, purge):
         // do not wait long for it.
         let timeout = match exit {
-            Exit::Stopped => self.runtime.shutdown_timeout,
+            // Leaves time, within the process's deadline, for the purge,
+            // the commit and leaving the group.
+            Exit::Stopped => self.runtime.shutdown_timeout.mul_f64(0.7),
             Exit::Restart(..) => Duration::from_secs(5),
         };
         info!(flow = %flow, "stopping: draining the producer and committing");
         let slots: Vec<Arc<Slot>> = sh.assigned().into_iter().map(|(_, s)| s).collect();
-        let mut drained = drain(&sh, &self.producer, &slots, Instant::now() + timeout);
+        let mut drained = drain(&sh, &self.producer, &slots, Instant::now() + timeout, true);
         if drained {
             sh.idle_points(&slots, true);
             drained = drain(
@@ -1206,9 +1240,11 @@ impl FlowLoop {
                 &self.producer,
                 &slots,
                 Instant::now() + Duration::from_secs(5),
+                true,
             );
         }
         if !drained {
+            sh.halt();
             self.producer
                 .purge(PurgeConfig::default().queue().inflight());
             let _ = drain(
@@ -1216,6 +1252,7 @@ impl FlowLoop {
                 &self.producer,
                 &slots,
                 Instant::now() + Duration::from_secs(5),
+                false,
             );
             warn!(flow = %flow, "the target did not acknowledge everything before the deadline; the rest was purged and is not committed (it will be mirrored again)");
         }
@@ -1254,15 +1291,17 @@ fn drain(
     producer: &kafka::Polled<DeliveryCtx>,
     slots: &[Arc<Slot>],
     deadline: Instant,
+    every_point: bool,
 ) -> bool {
     loop {
         produce_syncs(sh, producer, deadline);
         if slots.iter().all(|s| s.quiet())
-            && sh
-                .pending_syncs
-                .lock()
-                .map(|p| p.is_empty())
-                .unwrap_or(true)
+            && (!every_point
+                || sh
+                    .pending_syncs
+                    .lock()
+                    .map(|p| p.is_empty())
+                    .unwrap_or(true))
         {
             return true;
         }
@@ -1319,6 +1358,11 @@ fn forward<M: Forwardable>(
     }
     if slot.is_blocked() {
         return Forwarded::Done;
+    }
+    if sh.halted.load(Ordering::Relaxed) {
+        // The producer was purged or failed: nothing more is handed to
+        // it; the record waits (and is dropped unsent) until the restart.
+        return Forwarded::Full(slot.clone());
     }
     if offset < slot.next_offset.load(Ordering::Relaxed) {
         // Delivered again by the consumer (an offset reset moved its

@@ -198,6 +198,7 @@ impl FlowConsumerCtx {
             .collect();
         let backpressured = self.backpressured.load(Ordering::Acquire);
         let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
         let mut out = Vec::new();
         let mut target_down: Option<String> = None;
         for (topic, p) in parts {
@@ -245,6 +246,8 @@ impl FlowConsumerCtx {
             }
             if hold || backpressured {
                 pause.add_partition(&topic, p);
+            } else {
+                resume.add_partition(&topic, p);
             }
             out.push(Assigned {
                 topic,
@@ -268,6 +271,12 @@ impl FlowConsumerCtx {
                 warn!(flow = %sh.flow, error = %e, "cannot pause the held partitions");
             }
         }
+        // librdkafka keeps an application pause across unassign and assign:
+        // a partition paused when it was revoked (stopped, held,
+        // backpressure) would come back paused for ever.
+        if resume.count() > 0 {
+            let _ = consumer.resume(&resume);
+        }
         if let Ok(mut n) = self.newly_assigned.lock() {
             n.extend(out);
         }
@@ -286,9 +295,16 @@ impl FlowConsumerCtx {
         // owner may be writing them already. Nothing more may be written
         // or committed for them: purge at once and restart the flow.
         if consumer.assignment_lost() {
+            sh.halt();
             if let Some(p) = self.producer() {
                 p.purge(PurgeConfig::default().queue().inflight());
-                let _ = drain(sh, &p, &slots, Instant::now() + Duration::from_secs(5));
+                let _ = drain(
+                    sh,
+                    &p,
+                    &slots,
+                    Instant::now() + Duration::from_secs(5),
+                    false,
+                );
             }
             error!(flow = %sh.flow, partitions = tpl.count(), "partitions lost: this process did not answer its group within the session timeout (frozen or cut off) and they moved to another member; queued records were purged, nothing more is committed for them, and the flow restarts with fresh clients");
             sh.request_restart(
@@ -309,19 +325,26 @@ impl FlowConsumerCtx {
         // last one, and the positions are committed, so the next owner
         // starts where this one stopped.
         if let Some(p) = self.producer() {
-            let mut drained = drain(sh, &p, &slots, Instant::now() + self.drain_timeout);
+            let mut drained = drain(sh, &p, &slots, Instant::now() + self.drain_timeout, false);
             if drained {
                 sh.idle_points(&slots, true);
                 let wait = self.drain_timeout.min(Duration::from_secs(10));
-                drained = drain(sh, &p, &slots, Instant::now() + wait);
+                drained = drain(sh, &p, &slots, Instant::now() + wait, false);
             }
             if !drained {
                 // A record still queued could land after the next owner
                 // derived its position: purge (every partition's queue:
                 // librdkafka purges per producer), and restart the flow
                 // so that the partitions kept resume from what was written.
+                sh.halt();
                 p.purge(PurgeConfig::default().queue().inflight());
-                let _ = drain(sh, &p, &slots, Instant::now() + Duration::from_secs(5));
+                let _ = drain(
+                    sh,
+                    &p,
+                    &slots,
+                    Instant::now() + Duration::from_secs(5),
+                    false,
+                );
                 error!(flow = %sh.flow, partitions = tpl.count(), timeout = ?self.drain_timeout, "revoke: the target did not acknowledge the revoked partitions' records in time; the producer's queue was purged (nothing not acknowledged is committed) and the flow restarts with fresh clients");
                 sh.request_restart(
                     "purged",
