@@ -129,7 +129,7 @@ impl Metrics {
             topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
             client_queue: gauge(&r, "kmirror_client_queue_messages", "librdkafka statistics: messages waiting in the client's queues (producer: not yet acknowledged; consumer: fetched, not yet handed over).", &["flow", "client"]),
             broker_up: gauge(&r, "kmirror_broker_up", "librdkafka statistics: 1 when the client's connection to the broker is UP.", &["flow", "client", "broker"]),
-            flow_restarts: counter(&r, "kmirror_flow_restarts_total", "Replication flows restarted with fresh clients, by reason (fatal: fatal producer error; purged: a drain timed out and queued records were purged; error: the flow failed and is retried).", &["flow", "reason"]),
+            flow_restarts: counter(&r, "kmirror_flow_restarts_total", "Replication flows restarted with fresh clients, by reason (fatal: fatal producer error; purged: a drain timed out or partitions were lost, and queued records were purged; timed_out: exactly-once records not acknowledged within the session timeout; frozen: the consume loop stalled past half the session timeout; error: the flow failed and is retried).", &["flow", "reason"]),
             broker_rtt: {
                 let g = prometheus::GaugeVec::new(Opts::new("kmirror_broker_rtt_seconds", "librdkafka statistics: average request round-trip time to the broker over the last statistics interval."), &["flow", "client", "broker"]).expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
@@ -159,7 +159,7 @@ impl Metrics {
         for reason in ["stopped", "held", "unresolved", "backpressure"] {
             self.partitions_paused.with_label_values(&[flow, reason]);
         }
-        for reason in ["fatal", "purged", "error"] {
+        for reason in ["fatal", "purged", "timed_out", "frozen", "error"] {
             self.flow_restarts.with_label_values(&[flow, reason]);
         }
         self.partitions_assigned.with_label_values(&[flow]);

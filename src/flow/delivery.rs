@@ -55,6 +55,7 @@ fn not_written(code: Option<RDKafkaErrorCode>) -> bool {
             RDKafkaErrorCode::PurgeQueue
                 | RDKafkaErrorCode::PurgeInflight
                 | RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::MessageTimedOut
         )
     )
 }
@@ -149,8 +150,16 @@ impl ProducerContext for DeliveryCtx {
                 {
                     let mut l = slot.ledger();
                     if not_written(code) {
-                        if code == Some(RDKafkaErrorCode::Fatal) {
-                            sh.request_restart("fatal", format!("fatal producer error: {e}"));
+                        match code {
+                            Some(RDKafkaErrorCode::Fatal) => {
+                                sh.request_restart("fatal", format!("fatal producer error: {e}"))
+                            }
+                            Some(RDKafkaErrorCode::MessageTimedOut) => sh.request_restart(
+                                "timed_out",
+                                "records not acknowledged within the session timeout were given up"
+                                    .into(),
+                            ),
+                            _ => {}
                         }
                         l.not_written(src, e.to_string());
                     } else {

@@ -382,6 +382,18 @@ fn produce_syncs(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>, deadline: I
     }
 }
 
+/// The source consumer's session timeout (`session.timeout.ms` of
+/// `[source.properties]`, else kmirror's default, 45 s).
+fn session_timeout(source: &ClusterConfig) -> Duration {
+    let ms = source
+        .properties
+        .iter()
+        .find(|(k, _)| *k == "session.timeout.ms")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .unwrap_or(45_000);
+    Duration::from_millis(ms.max(1000))
+}
+
 /// How a run of the flow ended.
 #[derive(Debug)]
 enum Exit {
@@ -474,6 +486,16 @@ impl Replicator {
             self.flow.compression.as_librdkafka(),
             &self.runtime,
         );
+        let session = session_timeout(&self.source);
+        if self.flow.delivery == Delivery::ExactlyOnce {
+            // The fence against a frozen process (see `FlowLoop::frozen`):
+            // a record not acknowledged within the session timeout is given
+            // up, not sent. A process frozen past its session timeout (its
+            // partitions moved meanwhile) wakes with every queued record
+            // expired; librdkafka scans for expired records before it
+            // transmits. The flow then restarts and resumes from the target.
+            pcfg.set("message.timeout.ms", session.as_millis().to_string());
+        }
         let producer = kafka::Polled::create(
             &pcfg,
             DeliveryCtx {
@@ -512,6 +534,7 @@ impl Replicator {
                 newly_assigned: Mutex::new(Vec::new()),
                 has_new: AtomicBool::new(false),
                 backpressured: AtomicBool::new(false),
+                callbacks: Mutex::new(Duration::ZERO),
             },
         )?;
         info!(flow = %flow, group = %group, delivery = %self.flow.delivery, "flow started");
@@ -547,6 +570,7 @@ impl Replicator {
             last_hold_check: Instant::now(),
             forwarded: 0,
             fatal_after,
+            freeze_after: session / 2,
         };
         let exit = l.run();
         l.finish(&exit);
@@ -621,6 +645,9 @@ struct FlowLoop {
     last_hold_check: Instant,
     forwarded: u64,
     fatal_after: Option<u64>,
+    /// A `poll` that returns this much later than asked (callbacks not
+    /// counted) means the process was frozen: half the session timeout.
+    freeze_after: Duration,
 }
 
 impl FlowLoop {
@@ -655,7 +682,20 @@ impl FlowLoop {
                 since_check = 0;
                 continue;
             }
-            let full = match self.consumer.poll(Duration::from_millis(100)) {
+            let polled_at = Instant::now();
+            let callbacks = self.consumer.context().callback_time();
+            let got = self.consumer.poll(Duration::from_millis(100));
+            if self.frozen(polled_at, callbacks) {
+                // Nothing fetched before the freeze is handed over: it
+                // waits, and is dropped unsent when the flow restarts.
+                if let Some(Ok(msg)) = got {
+                    if let Some((_, slot)) = self.sh.slot_for(msg.topic(), msg.partition()) {
+                        self.pending.push_back((slot, msg.detach()));
+                    }
+                }
+                continue;
+            }
+            let full = match got {
                 None => {
                     since_check = 0;
                     continue;
@@ -695,6 +735,32 @@ impl FlowLoop {
                 }
             }
         }
+    }
+
+    /// True when a `poll` started at `at` came back far later than its
+    /// 100 ms (rebalance callbacks, whose time the context counts, aside):
+    /// the process was frozen (SIGSTOP, a stalled VM) or starved, maybe
+    /// past its session timeout, and its partitions may belong to another
+    /// member already. The producer is then halted (nothing more is handed
+    /// to it; exactly-once producers also expire what they queued before
+    /// the freeze, see `message.timeout.ms`) and the flow restarts.
+    fn frozen(&self, at: Instant, callbacks_before: Duration) -> bool {
+        let took = at.elapsed();
+        let callbacks = self
+            .consumer
+            .context()
+            .callback_time()
+            .saturating_sub(callbacks_before);
+        let gap = took.saturating_sub(callbacks);
+        if gap < self.freeze_after {
+            return false;
+        }
+        if self.sh.restart_requested().is_none() {
+            error!(flow = %self.sh.flow, stalled = ?gap, "the consume loop stalled for longer than half the session timeout (process frozen or starved): nothing more is sent, and the flow restarts with fresh clients so that partitions that moved meanwhile are not written");
+        }
+        self.sh
+            .request_restart("frozen", format!("the consume loop stalled for {gap:?}"));
+        true
     }
 
     fn exit_requested(&self) -> Option<Exit> {
@@ -1008,6 +1074,7 @@ impl FlowLoop {
         }
         // 1 ms steps while the pipe is merely busy; after 100 ms of waiting
         // (a slow or down target) the steps grow to 50 ms.
+        let (at, callbacks) = (Instant::now(), self.consumer.context().callback_time());
         if self.paused_all {
             if let Some(Ok(msg)) = self.consumer.poll(self.backoff) {
                 // Fetched before the pause applied: queued behind the others.
@@ -1018,6 +1085,8 @@ impl FlowLoop {
         } else {
             std::thread::sleep(self.backoff);
         }
+        // (A freeze here halts the producer: the next try sends nothing.)
+        let _ = self.frozen(at, callbacks);
         self.waited += self.backoff;
         if self.waited > Duration::from_millis(100) {
             self.backoff = (self.backoff * 2).min(Duration::from_millis(50));

@@ -57,6 +57,9 @@ pub(crate) struct FlowConsumerCtx {
     /// Set while the loop waits for room in the producer queue with every
     /// partition paused: partitions assigned meanwhile are paused too.
     pub(crate) backpressured: AtomicBool,
+    /// Time spent in rebalance callbacks so far (a long callback is not a
+    /// frozen process).
+    pub(crate) callbacks: Mutex<Duration>,
 }
 
 impl ClientContext for FlowConsumerCtx {
@@ -85,6 +88,11 @@ impl ClientContext for FlowConsumerCtx {
 }
 
 impl FlowConsumerCtx {
+    /// Time spent in rebalance callbacks so far.
+    pub(crate) fn callback_time(&self) -> Duration {
+        self.callbacks.lock().map(|d| *d).unwrap_or_default()
+    }
+
     fn producer(&self) -> Option<kafka::Polled<DeliveryCtx>> {
         self.producer.lock().ok().and_then(|p| p.clone())
     }
@@ -390,6 +398,21 @@ impl FlowConsumerCtx {
 
 impl ConsumerContext for FlowConsumerCtx {
     fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let started = Instant::now();
+        self.rebalance_now(consumer, err, tpl);
+        if let Ok(mut d) = self.callbacks.lock() {
+            *d += started.elapsed();
+        }
+    }
+}
+
+impl FlowConsumerCtx {
+    fn rebalance_now(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
