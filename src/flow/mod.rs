@@ -487,15 +487,6 @@ impl Replicator {
             &self.runtime,
         );
         let session = session_timeout(&self.source);
-        if self.flow.delivery == Delivery::ExactlyOnce {
-            // The fence against a frozen process (see `FlowLoop::frozen`):
-            // a record not acknowledged within the session timeout is given
-            // up, not sent. A process frozen past its session timeout (its
-            // partitions moved meanwhile) wakes with every queued record
-            // expired; librdkafka scans for expired records before it
-            // transmits. The flow then restarts and resumes from the target.
-            pcfg.set("message.timeout.ms", session.as_millis().to_string());
-        }
         let producer = kafka::Polled::create(
             &pcfg,
             DeliveryCtx {
@@ -742,8 +733,9 @@ impl FlowLoop {
     /// the process was frozen (SIGSTOP, a stalled VM) or starved, maybe
     /// past its session timeout, and its partitions may belong to another
     /// member already. The producer is then halted (nothing more is handed
-    /// to it; exactly-once producers also expire what they queued before
-    /// the freeze, see `message.timeout.ms`) and the flow restarts.
+    /// to it) and the flow restarts. (What librdkafka had queued before the
+    /// freeze can still go out when it wakes, before the group reports the
+    /// partitions lost and the flow purges: see the README.)
     fn frozen(&self, at: Instant, callbacks_before: Duration) -> bool {
         let took = at.elapsed();
         let callbacks = self
