@@ -1293,28 +1293,15 @@ impl FlowLoop {
         };
         info!(flow = %flow, "stopping: draining the producer and committing");
         let slots: Vec<Arc<Slot>> = sh.assigned().into_iter().map(|(_, s)| s).collect();
-        let mut drained = drain(&sh, &self.producer, &slots, Instant::now() + timeout, true);
-        if drained {
-            sh.idle_points(&slots, true);
-            drained = drain(
-                &sh,
-                &self.producer,
-                &slots,
-                Instant::now() + Duration::from_secs(5),
-                true,
-            );
-        }
+        let drained = drain_or_purge(
+            &sh,
+            &self.producer,
+            &slots,
+            timeout,
+            Duration::from_secs(5),
+            true,
+        );
         if !drained {
-            sh.halt();
-            self.producer
-                .purge(PurgeConfig::default().queue().inflight());
-            let _ = drain(
-                &sh,
-                &self.producer,
-                &slots,
-                Instant::now() + Duration::from_secs(5),
-                false,
-            );
             warn!(flow = %flow, "the target did not acknowledge everything before the deadline; the rest was purged and is not committed (it will be mirrored again)");
         }
         self.housekeeping();
@@ -1390,6 +1377,51 @@ impl Forwardable for OwnedMessage {
     fn owned_headers(&self) -> Option<OwnedHeaders> {
         self.headers().cloned()
     }
+}
+
+/// Drains `slots` within `timeout`, then writes the point of each one's
+/// last record and waits up to `points_wait` for it. When the target does
+/// not acknowledge in time, the producer is purged (see [`purge`]). True
+/// when everything was acknowledged.
+fn drain_or_purge(
+    sh: &Shared,
+    producer: &kafka::Polled<DeliveryCtx>,
+    slots: &[Arc<Slot>],
+    timeout: Duration,
+    points_wait: Duration,
+    every_point: bool,
+) -> bool {
+    let mut drained = drain(sh, producer, slots, Instant::now() + timeout, every_point);
+    if drained {
+        sh.idle_points(slots, true);
+        drained = drain(
+            sh,
+            producer,
+            slots,
+            Instant::now() + points_wait,
+            every_point,
+        );
+    }
+    if !drained {
+        purge(sh, producer, slots);
+    }
+    drained
+}
+
+/// Halts and purges the producer: nothing more is handed to it, and what it
+/// queued can no longer land after the partitions move (a request already
+/// on the wire can). Waits briefly for the purged records' reports, so that
+/// `slots`' ledgers are blocked at the first of them.
+fn purge(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>, slots: &[Arc<Slot>]) {
+    sh.halt();
+    producer.purge(PurgeConfig::default().queue().inflight());
+    let _ = drain(
+        sh,
+        producer,
+        slots,
+        Instant::now() + Duration::from_secs(5),
+        false,
+    );
 }
 
 /// Hands one source record to the producer, or says the queue is full (the

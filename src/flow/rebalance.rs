@@ -22,14 +22,13 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use tracing::{debug, error, info, warn};
 
 use super::delivery::DeliveryCtx;
 use super::slots::Slot;
-use super::{drain, eos, Shared, NO_SLOT};
+use super::{drain_or_purge, eos, purge, Shared, NO_SLOT};
 use crate::kafka::{self, log_librdkafka};
 use crate::offsets::codec::OffsetSync;
 
@@ -303,16 +302,8 @@ impl FlowConsumerCtx {
         // owner may be writing them already. Nothing more may be written
         // or committed for them: purge at once and restart the flow.
         if consumer.assignment_lost() {
-            sh.halt();
             if let Some(p) = self.producer() {
-                p.purge(PurgeConfig::default().queue().inflight());
-                let _ = drain(
-                    sh,
-                    &p,
-                    &slots,
-                    Instant::now() + Duration::from_secs(5),
-                    false,
-                );
+                purge(sh, &p, &slots);
             }
             error!(flow = %sh.flow, partitions = tpl.count(), "partitions lost: this process did not answer its group within the session timeout (frozen or cut off) and they moved to another member; queued records were purged, nothing more is committed for them, and the flow restarts with fresh clients");
             sh.request_restart(
@@ -322,10 +313,7 @@ impl FlowConsumerCtx {
             for e in tpl.elements() {
                 sh.unassign(e.topic(), e.partition());
             }
-            let _ = match consumer.rebalance_protocol() {
-                RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
-                _ => consumer.unassign(),
-            };
+            let _ = unassign(consumer, tpl);
             return;
         }
         // Drain: every record of these partitions handed to the producer is
@@ -333,26 +321,13 @@ impl FlowConsumerCtx {
         // last one, and the positions are committed, so the next owner
         // starts where this one stopped.
         if let Some(p) = self.producer() {
-            let mut drained = drain(sh, &p, &slots, Instant::now() + self.drain_timeout, false);
-            if drained {
-                sh.idle_points(&slots, true);
-                let wait = self.drain_timeout.min(Duration::from_secs(10));
-                drained = drain(sh, &p, &slots, Instant::now() + wait, false);
-            }
-            if !drained {
-                // A record still queued could land after the next owner
-                // derived its position: purge (every partition's queue:
-                // librdkafka purges per producer), and restart the flow
-                // so that the partitions kept resume from what was written.
-                sh.halt();
-                p.purge(PurgeConfig::default().queue().inflight());
-                let _ = drain(
-                    sh,
-                    &p,
-                    &slots,
-                    Instant::now() + Duration::from_secs(5),
-                    false,
-                );
+            // A record still queued could land after the next owner derived
+            // its position: a drain that times out purges (every
+            // partition's queue: librdkafka purges per producer), and the
+            // flow restarts so that the partitions kept resume from what was
+            // written.
+            let wait = self.drain_timeout.min(Duration::from_secs(10));
+            if !drain_or_purge(sh, &p, &slots, self.drain_timeout, wait, false) {
                 error!(flow = %sh.flow, partitions = tpl.count(), timeout = ?self.drain_timeout, "revoke: the target did not acknowledge the revoked partitions' records in time; the producer's queue was purged (nothing not acknowledged is committed) and the flow restarts with fresh clients");
                 sh.request_restart(
                     "purged",
@@ -385,14 +360,21 @@ impl FlowConsumerCtx {
             debug!(flow = %sh.flow, topic = e.topic(), partition = e.partition(), "partition revoked");
             sh.unassign(e.topic(), e.partition());
         }
-        let r = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
-            _ => consumer.unassign(),
-        };
-        if let Err(e) = r {
+        if let Err(e) = unassign(consumer, tpl) {
             warn!(flow = %sh.flow, error = %e, "cannot release the revoked partitions");
         }
         info!(flow = %sh.flow, partitions = tpl.count(), "partitions revoked after draining");
+    }
+}
+
+/// Releases `tpl` the way the group's protocol wants.
+fn unassign<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+) -> rdkafka::error::KafkaResult<()> {
+    match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+        _ => consumer.unassign(),
     }
 }
 
