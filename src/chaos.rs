@@ -176,6 +176,26 @@ impl FaultKind {
     }
 }
 
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+    /// `kill9`, `term`, `target`, `source`, `stop` or `addflow`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "kill9" | "kill-9" => FaultKind::Kill9,
+            "term" | "sigterm" => FaultKind::Term,
+            "target" => FaultKind::TargetRestart,
+            "source" => FaultKind::SourceRestart,
+            "stop" | "sigstop" => FaultKind::Stop,
+            "addflow" | "add-flow" => FaultKind::AddFlow,
+            other => {
+                return Err(format!(
+                    "unknown fault kind `{other}` (kill9, term, target, source, stop, addflow)"
+                ))
+            }
+        })
+    }
+}
+
 impl fmt::Display for FaultKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -209,6 +229,8 @@ pub struct Options {
     pub fault_gap: (Duration, Duration),
     /// How long kmirror may take to mirror everything after the load stops.
     pub drain_timeout: Duration,
+    /// The kinds of fault injected (each at least once, then at random).
+    pub kinds: Vec<FaultKind>,
 }
 
 impl Options {
@@ -228,6 +250,7 @@ impl Options {
             burst_every: (Duration::from_secs(30), Duration::from_secs(90)),
             fault_gap: (Duration::from_secs(5), Duration::from_secs(15)),
             drain_timeout: Duration::from_secs(120),
+            kinds: FaultKind::ALL.to_vec(),
         }
     }
 
@@ -1674,7 +1697,12 @@ impl Harness {
     }
 
     fn faults(&mut self) -> Result<(), String> {
-        let mut plan: Vec<FaultKind> = FaultKind::ALL.to_vec();
+        let kinds = if self.opts.kinds.is_empty() {
+            FaultKind::ALL.to_vec()
+        } else {
+            self.opts.kinds.clone()
+        };
+        let mut plan: Vec<FaultKind> = kinds.clone();
         plan.shuffle(&mut self.rng);
         self.faults_start = Instant::now();
         let hard_stop = self.opts.fault_time * 3 + Duration::from_secs(600);
@@ -1689,8 +1717,8 @@ impl Harness {
             let kind = match plan.pop() {
                 Some(k) => k,
                 None => loop {
-                    let k = FaultKind::ALL[self.rng.random_range(0..FaultKind::ALL.len())];
-                    if k != FaultKind::AddFlow || !self.extra_added {
+                    let k = kinds[self.rng.random_range(0..kinds.len())];
+                    if k != FaultKind::AddFlow || !self.extra_added || kinds.len() == 1 {
                         break k;
                     }
                 },

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! target/release/kmirror-chaos --minutes 30 [--seed N] [--kmirror PATH] [--partitions 8] [--keep DIR]
+//! target/release/kmirror-chaos --minutes 30 [--seed N] [--kmirror PATH] [--partitions 8] [--keep DIR] [--faults stop,kill9,...]
 //! ```
 //!
 //! Prints the result table; exits 0 when every guarantee held, 1 when one
@@ -34,6 +34,10 @@ struct Args {
     /// Keep the work directory (configs, logs, broker data) here.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Inject only these kinds of fault (comma-separated: kill9, term,
+    /// target, source, stop, addflow) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<chaos::FaultKind>,
 }
 
 fn main() {
@@ -54,6 +58,9 @@ fn main() {
     }
     opts.partitions = a.partitions;
     opts.keep = a.keep;
+    if !a.faults.is_empty() {
+        opts.kinds = a.faults;
+    }
     match chaos::run(opts) {
         Ok(report) => {
             println!("{report}");

@@ -30,6 +30,7 @@ pub mod eos;
 pub mod ledger;
 mod rebalance;
 pub mod slots;
+mod watchdog;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,6 +145,9 @@ pub(crate) struct Shared {
     /// Set with `restart` (and before a purge): nothing more is handed to
     /// the producer.
     halted: AtomicBool,
+    /// Exactly-once: every hand-over to the producer is checked against
+    /// the freeze watchdog (see [`watchdog`]).
+    guard: Option<watchdog::FreezeGuard>,
 }
 
 impl Shared {
@@ -153,8 +157,11 @@ impl Shared {
         delivery: Delivery,
         metrics: Arc<Metrics>,
         interval_ms: i64,
+        freeze_limit: Duration,
     ) -> Self {
         Self {
+            guard: (delivery == Delivery::ExactlyOnce)
+                .then(|| watchdog::FreezeGuard::new(freeze_limit)),
             flow: flow.to_string(),
             source_alias: source_alias.to_string(),
             delivery,
@@ -323,6 +330,34 @@ impl Shared {
         self.halted.store(true, Ordering::Release);
     }
 
+    /// Exactly-once: false (and the flow halts and restarts) when the
+    /// process was frozen for so long that its partitions may have moved
+    /// to another member. Asked before each hand-over to the producer.
+    fn may_hand_over(&self) -> bool {
+        let Some(g) = &self.guard else {
+            return true;
+        };
+        match g.check() {
+            Ok(()) => true,
+            Err(gap) => {
+                if self.restart_requested().is_none() {
+                    error!(flow = %self.flow, frozen = ?gap, "this process was frozen for longer than half the session timeout: its partitions may belong to another member now, so nothing more is handed to the producer, and the flow restarts with fresh clients (exactly-once resumes from the target)");
+                }
+                self.request_restart("frozen", format!("the process was frozen for {gap:?}"));
+                false
+            }
+        }
+    }
+
+    /// Exactly-once, right after a hand-over: when the process froze
+    /// between [`Shared::may_hand_over`] and the hand-over, the producer's
+    /// queue is purged at once (before its `linger.ms` sends it).
+    fn handed_over(&self, producer: &kafka::Polled<DeliveryCtx>) {
+        if self.guard.is_some() && !self.may_hand_over() {
+            producer.purge(PurgeConfig::default().queue());
+        }
+    }
+
     fn restart_requested(&self) -> Option<(&'static str, String)> {
         self.restart.lock().ok().and_then(|r| r.clone())
     }
@@ -334,6 +369,10 @@ impl Shared {
 fn produce_syncs(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>, deadline: Instant) {
     let topic = offset_syncs_topic(&sh.source_alias);
     loop {
+        if !sh.may_hand_over() {
+            // Frozen: the points wait (a restart follows).
+            return;
+        }
         let Some((idx, s)) = sh.pending_syncs.lock().ok().and_then(|mut p| p.pop_front()) else {
             return;
         };
@@ -348,6 +387,7 @@ fn produce_syncs(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>, deadline: I
         loop {
             match producer.send(rec) {
                 Ok(()) => {
+                    sh.handed_over(producer);
                     if let Ok(mut m) = sh.last_syncs.lock() {
                         m.insert(
                             (s.topic.clone(), s.partition),
@@ -392,6 +432,18 @@ fn session_timeout(source: &ClusterConfig) -> Duration {
         .and_then(|(_, v)| v.trim().parse::<u64>().ok())
         .unwrap_or(45_000);
     Duration::from_millis(ms.max(1000))
+}
+
+/// The source consumer's heartbeat interval (`heartbeat.interval.ms` of
+/// `[source.properties]`, else librdkafka's default, 3 s).
+fn heartbeat_interval(source: &ClusterConfig) -> Duration {
+    let ms = source
+        .properties
+        .iter()
+        .find(|(k, _)| *k == "heartbeat.interval.ms")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .unwrap_or(3_000);
+    Duration::from_millis(ms)
 }
 
 /// How a run of the flow ended.
@@ -469,12 +521,14 @@ impl Replicator {
         let flow = self.flow.name.clone();
         let m = self.metrics.clone();
         let interval_ms = self.runtime.commit_interval.as_millis().max(1) as i64;
+        let session = session_timeout(&self.source);
         let shared = Arc::new(Shared::new(
             &flow,
             &self.source.alias,
             self.flow.delivery,
             m.clone(),
             interval_ms,
+            session / 2,
         ));
         let group = self.flow.group_id(&self.source.alias, &self.target.alias);
         let client_id = format!("kmirror-{}-{}", flow, std::process::id());
@@ -486,7 +540,21 @@ impl Replicator {
             self.flow.compression.as_librdkafka(),
             &self.runtime,
         );
-        let session = session_timeout(&self.source);
+        if self.flow.delivery == Delivery::ExactlyOnce {
+            // Records queued before a freeze that outlasted the session
+            // must expire rather than land after the partitions moved (see
+            // `watchdog`); a smaller value of the user's is kept.
+            let bound = watchdog::eos_message_timeout(session, heartbeat_interval(&self.source));
+            let user = ["message.timeout.ms", "delivery.timeout.ms"]
+                .iter()
+                .filter_map(|k| pcfg.get(k).and_then(|v| v.trim().parse::<u64>().ok()))
+                .min();
+            let ms = user.map_or(bound.as_millis() as u64, |u| {
+                u.min(bound.as_millis() as u64)
+            });
+            pcfg.remove("delivery.timeout.ms");
+            pcfg.set("message.timeout.ms", ms.to_string());
+        }
         let producer = kafka::Polled::create(
             &pcfg,
             DeliveryCtx {
@@ -1293,15 +1361,20 @@ impl FlowLoop {
         };
         info!(flow = %flow, "stopping: draining the producer and committing");
         let slots: Vec<Arc<Slot>> = sh.assigned().into_iter().map(|(_, s)| s).collect();
-        let drained = drain_or_purge(
+        let frozen =
+            matches!(exit, Exit::Restart("frozen", _)) && sh.delivery == Delivery::ExactlyOnce;
+        if frozen {
+            // The partitions may belong to another member already: nothing
+            // queued may land now (see `watchdog`), and nothing is drained.
+            purge(&sh, &self.producer, &slots);
+        } else if !drain_or_purge(
             &sh,
             &self.producer,
             &slots,
             timeout,
             Duration::from_secs(5),
             true,
-        );
-        if !drained {
+        ) {
             warn!(flow = %flow, "the target did not acknowledge everything before the deadline; the rest was purged and is not committed (it will be mirrored again)");
         }
         self.housekeeping();
@@ -1452,9 +1525,10 @@ fn forward<M: Forwardable>(
     if slot.is_blocked() {
         return Forwarded::Done;
     }
-    if sh.halted.load(Ordering::Relaxed) {
-        // The producer was purged or failed: nothing more is handed to
-        // it; the record waits (and is dropped unsent) until the restart.
+    if sh.halted.load(Ordering::Relaxed) || !sh.may_hand_over() {
+        // The producer was purged or failed, or the process was frozen:
+        // nothing more is handed to it; the record waits (and is dropped
+        // unsent) until the restart.
         return Forwarded::Full(slot.clone());
     }
     if offset < slot.next_offset.load(Ordering::Relaxed) {
@@ -1508,6 +1582,7 @@ fn forward<M: Forwardable>(
     slot.will_send();
     match producer.send(rec) {
         Ok(()) => {
+            sh.handed_over(producer);
             slot.next_offset.store(offset + 1, Ordering::Relaxed);
             Forwarded::Done
         }
@@ -1552,6 +1627,7 @@ mod tests {
             Delivery::AtLeastOnce,
             Arc::new(Metrics::new()),
             1000,
+            Duration::from_secs(5),
         ));
         let mut cfg = rdkafka::ClientConfig::new();
         cfg.set("bootstrap.servers", "127.0.0.1:1")
