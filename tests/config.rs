@@ -296,3 +296,38 @@ fn invalid_toml_names_the_line() {
     assert_eq!(ps[0].line, Some(3), "{ps:#?}");
     assert!(ps[0].message.contains("invalid TOML"));
 }
+
+/// `${file:PATH}` reads a value from a file (trailing newline trimmed),
+/// the property is masked whatever its name, and a missing file is a
+/// problem naming the key, the line and the path, never a value.
+#[test]
+fn secret_files_are_read_masked_and_missing_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "file-secret-77\n").unwrap();
+    let user = dir.path().join("user");
+    std::fs::write(&user, "mirror-user\r\n").unwrap();
+    let text = format!(
+        "{BASE}[source.properties]\n\"sasl.password\" = \"${{file:{}}}\"\n\"sasl.username\" = \"${{file:{}}}\"\n\n[[flow]]\nname = \"f\"\ntopics = [\"a\"]\n",
+        pw.display(),
+        user.display()
+    );
+    let c = load(&text).unwrap();
+    let props: Vec<_> = c.source.properties.iter().collect();
+    assert!(props.contains(&("sasl.password", "file-secret-77")), "{props:?}");
+    assert!(props.contains(&("sasl.username", "mirror-user")), "{props:?}");
+    // Masked like a secret, even under a name that is not secret-looking.
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("file-secret-77") && !dbg.contains("mirror-user"), "{dbg}");
+    let summary = kmirror::commands::summary(&c);
+    assert!(!summary.contains("mirror-user"), "{summary}");
+    // A missing file: one problem naming the key, its line and the path.
+    let gone = dir.path().join("gone");
+    let bad = text.replace(&pw.display().to_string(), &gone.display().to_string());
+    has(
+        &problems(&bad),
+        "source.properties.sasl.password",
+        9,
+        &format!("file `{}`", gone.display()),
+    );
+}

@@ -1,9 +1,13 @@
-//! `${VAR}` interpolation from the environment.
+//! `${VAR}` interpolation from the environment, and `${file:PATH}` from
+//! files (how Kubernetes mounts secrets).
 //!
 //! Applies to the string values of `[source]`, `[target]` (properties
 //! included), `[http]` and `[runtime]`; flow values (regexes, templates) are
 //! taken literally. `$${X}` is an escape and stays the literal text `${X}`.
-//! An unset variable is an error naming it; the value itself is never shown.
+//! An unset variable or an unreadable file is an error naming it; the value
+//! itself is never shown. A file's value has its trailing newlines trimmed,
+//! and a property that takes a value from a file is masked like a secret,
+//! whatever its name. A relative path is taken from the working directory.
 
 use super::Config;
 
@@ -12,13 +16,44 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// Expands `${VAR}` in `s`. Returns every problem found in the string.
+/// The prefix of a file reference: `${file:PATH}`.
+const FILE_PREFIX: &str = "file:";
+
+/// Reads a secret file: its content without trailing newlines.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    if path.is_empty() {
+        return Err("`${file:}` names no file: write `${file:/path/to/secret}`".into());
+    }
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(s) => Ok(s.trim_end_matches(['\n', '\r']).to_string()),
+            Err(_) => Err(format!(
+                "file `{path}` (from `${{file:{path}}}`) is not UTF-8 text"
+            )),
+        },
+        Err(e) => Err(format!(
+            "file `{path}` (from `${{file:{path}}}`) cannot be read: {e}"
+        )),
+    }
+}
+
+/// Expands `${VAR}` and `${file:PATH}` in `s`. Returns every problem found
+/// in the string.
 pub fn interpolate(
     s: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<String>> {
+    expand(s, lookup).map(|(v, _)| v)
+}
+
+/// Like [`interpolate`]; also says whether a value came from a file.
+fn expand(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, bool), Vec<String>> {
     let mut out = String::with_capacity(s.len());
     let mut errs = Vec::new();
+    let mut from_file = false;
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
@@ -33,12 +68,21 @@ pub fn interpolate(
             match body.find('}') {
                 Some(end) => {
                     let name = &body[..end];
+                    if let Some(path) = name.strip_prefix(FILE_PREFIX) {
+                        from_file = true;
+                        match read_secret_file(path.trim()) {
+                            Ok(v) => out.push_str(&v),
+                            Err(e) => errs.push(e),
+                        }
+                        rest = &body[end + 1..];
+                        continue;
+                    }
                     let valid = !name.is_empty()
                         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                         && !name.starts_with(|c: char| c.is_ascii_digit());
                     if !valid {
                         errs.push(format!(
-                            "`${{{name}}}` is not a valid environment variable reference (letters, digits and _ only; write `$${{` for a literal `${{`)"
+                            "`${{{name}}}` is not a valid environment variable reference (letters, digits and _ only, or `${{file:PATH}}`; write `$${{` for a literal `${{`)"
                         ));
                     } else {
                         match lookup(name) {
@@ -63,27 +107,39 @@ pub fn interpolate(
     }
     out.push_str(rest);
     if errs.is_empty() {
-        Ok(out)
+        Ok((out, from_file))
     } else {
         Err(errs)
     }
 }
 
-/// Expands `${VAR}` in every interpolated field of a parsed config.
+/// Expands `${VAR}` and `${file:PATH}` in every interpolated field of a
+/// parsed config; properties that took a value from a file are marked
+/// secret (see [`super::is_secret_key`]).
 pub fn interpolate_config(
     c: &mut Config,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), Vec<String>> {
     let mut errs = Vec::new();
-    let mut fix = |s: &mut String| match interpolate(s, lookup) {
-        Ok(v) => *s = v,
-        Err(e) => errs.extend(e),
+    let mut fix = |s: &mut String| -> bool {
+        match expand(s, lookup) {
+            Ok((v, from_file)) => {
+                *s = v;
+                from_file
+            }
+            Err(e) => {
+                errs.extend(e);
+                false
+            }
+        }
     };
     for cl in [&mut c.source, &mut c.target] {
         fix(&mut cl.alias);
         fix(&mut cl.bootstrap_servers);
-        for v in cl.properties.0.values_mut() {
-            fix(v);
+        for (k, v) in cl.properties.0.iter_mut() {
+            if fix(v) {
+                super::mark_secret_key(k);
+            }
         }
     }
     fix(&mut c.http.listen);

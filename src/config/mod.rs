@@ -16,7 +16,7 @@ pub mod check;
 pub mod env;
 pub mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -303,18 +303,32 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
-/// librdkafka properties of one cluster. Values of secret-looking keys are
-/// masked by `Debug` and by [`Properties::redacted`].
+/// librdkafka properties of one cluster. Values of secret keys (see
+/// [`is_secret_key`]) are masked by `Debug` and by [`Properties::redacted`].
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Properties(pub BTreeMap<String, String>);
 
 /// Substrings of property names whose values are secrets.
 pub const SECRET_MARKERS: &[&str] = &["password", "secret", "sasl.jaas.config", "ssl.key"];
 
-/// True when a property's value must never be shown.
+/// Property names that took a value from a secret file (`${file:PATH}`)
+/// in a configuration read by this process: masked whatever their name.
+static FILE_SECRET_KEYS: std::sync::Mutex<BTreeSet<String>> =
+    std::sync::Mutex::new(BTreeSet::new());
+
+/// Marks a property name as secret (its value came from a secret file).
+pub fn mark_secret_key(key: &str) {
+    if let Ok(mut k) = FILE_SECRET_KEYS.lock() {
+        k.insert(key.to_ascii_lowercase());
+    }
+}
+
+/// True when a property's value must never be shown: its name contains a
+/// [`SECRET_MARKERS`] entry, or it took a value from a secret file.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     SECRET_MARKERS.iter().any(|m| k.contains(m))
+        || FILE_SECRET_KEYS.lock().is_ok_and(|s| s.contains(&k))
 }
 
 /// The text shown instead of a secret value.
