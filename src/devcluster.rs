@@ -60,11 +60,14 @@ pub fn free_port() -> u16 {
 /// partitions of high − low watermark; 0 when the topic does not exist
 /// (or the cluster does not answer).
 pub fn records_in(bootstrap: &str, topic: &str) -> i64 {
-    let Ok(c) = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "0")
-        .create::<BaseConsumer>()
-    else {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap);
+    records_with(cfg, topic)
+}
+
+/// [`records_in`] with a client made from `cfg`.
+fn records_with(mut cfg: ClientConfig, topic: &str) -> i64 {
+    let Ok(c) = cfg.set("log_level", "0").create::<BaseConsumer>() else {
         return 0;
     };
     let Ok(md) = c.fetch_metadata(None, Duration::from_secs(5)) else {
@@ -105,7 +108,23 @@ pub struct Nisshi {
     /// the terminal does not stop it before its owner (the demo) has
     /// stopped kmirror; the owner still kills it by PID on drop.
     pub own_process_group: bool,
+    /// TLS listener (`--cert`, `--key`) and SASL (`--authentication`);
+    /// applied at the next (re)start.
+    pub security: BrokerSecurity,
+    /// librdkafka properties of the clients this harness makes (admin,
+    /// readiness probe): what the broker's security demands.
+    pub client_properties: Vec<(String, String)>,
     child: Option<Child>,
+}
+
+/// What a test broker demands of its clients.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerSecurity {
+    /// Certificate chain and private key (PEM): the listener speaks TLS only.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Clients must authenticate with SASL (users made with
+    /// [`Nisshi::create_user`] while the broker ran without it).
+    pub authentication: bool,
 }
 
 impl Nisshi {
@@ -139,6 +158,8 @@ impl Nisshi {
             storage,
             log: log.to_path_buf(),
             own_process_group,
+            security: BrokerSecurity::default(),
+            client_properties: Vec::new(),
             child: None,
         };
         n.spawn()?;
@@ -169,11 +190,17 @@ impl Nisshi {
             if self.own_process_group {
                 std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             }
-            let child = cmd
-                .args(["broker", "--cluster-id", &self.name])
+            cmd.args(["broker", "--cluster-id", &self.name])
                 .args(["--listener-url", &url, "--advertised-listener-url", &url])
                 .args(["--storage-engine", &engine])
-                .args(["--group-initial-rebalance-delay", "0s"])
+                .args(["--group-initial-rebalance-delay", "0s"]);
+            if let Some((cert, key)) = &self.security.tls {
+                cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+            if self.security.authentication {
+                cmd.arg("--authentication");
+            }
+            let child = cmd
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(err)
@@ -212,8 +239,8 @@ impl Nisshi {
             {
                 return Err(format!("broker exited: {st}"));
             }
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", self.bootstrap())
+            let c: BaseConsumer = self
+                .client_config()
                 .set("log_level", "0")
                 .create()
                 .map_err(|e| e.to_string())?;
@@ -247,23 +274,57 @@ impl Nisshi {
         }
     }
 
+    /// A client config for this broker: bootstrap, log level 3 and
+    /// [`Nisshi::client_properties`].
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3");
+        for (k, v) in &self.client_properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Records held by `topic` (see [`records_in`]).
+    pub fn records(&self, topic: &str) -> i64 {
+        records_with(self.client_config(), topic)
+    }
+
     /// An admin client.
     pub fn admin(&self) -> AdminClient<DefaultClientContext> {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "3")
-            .create()
-            .expect("admin client")
+        self.client_config().create().expect("admin client")
+    }
+
+    /// Creates a SCRAM user (`nisshi user create`, which talks plaintext
+    /// without authentication: call it while the broker runs without TLS
+    /// and SASL, on durable storage, then restart it with them).
+    /// `mechanism`: `scram256` or `scram512`.
+    pub fn create_user(&self, name: &str, password: &str, mechanism: &str) -> Result<(), String> {
+        let bin = nisshi_bin()?;
+        let out = Command::new(&bin)
+            .args(["user", "create", "--mechanism", mechanism, "--broker"])
+            .arg(format!("tcp://{}", self.bootstrap()))
+            .args([name, password])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {} user create: {e}", bin.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nisshi user create {name} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     /// Partition count of a topic, listing all topics (naming one can
     /// auto-create it).
     pub fn partitions(&self, topic: &str) -> Option<usize> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "3")
-            .create()
-            .ok()?;
+        let c: BaseConsumer = self.client_config().create().ok()?;
         let md = c.fetch_metadata(None, Duration::from_secs(5)).ok()?;
         md.topics()
             .iter()

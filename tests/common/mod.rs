@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 pub use kmirror::devcluster::free_port;
+pub use kmirror::devcluster::BrokerSecurity;
 use kmirror::devcluster::{Nisshi, Storage};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -65,6 +65,31 @@ impl Broker {
             inner,
             _dir: dir,
         }
+    }
+
+    /// Starts a broker on sqlite storage, creates `users` (name,
+    /// password, `scram256`|`scram512`) while it speaks plaintext, then
+    /// restarts it with `security`; the harness's own clients use
+    /// `client_properties` from then on.
+    pub fn start_secure(
+        name: &str,
+        users: &[(&str, &str, &str)],
+        security: BrokerSecurity,
+        client_properties: &[(&str, &str)],
+    ) -> Broker {
+        let mut b = Self::start_with(name, true);
+        for (u, p, m) in users {
+            b.inner
+                .create_user(u, p, m)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        b.inner.security = security;
+        b.inner.client_properties = client_properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        b.restart();
+        b
     }
 
     /// `127.0.0.1:PORT`.
@@ -119,10 +144,8 @@ impl Broker {
 
     /// A consumer (with a group when given; no auto commit).
     pub fn consumer(&self, group: Option<&str>) -> BaseConsumer {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "3")
-            .set("enable.auto.commit", "false")
+        let mut cfg = self.inner.client_config();
+        cfg.set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.queue.backoff.ms", "1");
         cfg.set("group.id", group.unwrap_or("kmirror-test-reader"));
@@ -131,9 +154,8 @@ impl Broker {
 
     /// An idempotent producer.
     pub fn producer(&self) -> ThreadedProducer<DefaultProducerContext> {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "3")
+        self.inner
+            .client_config()
             .set("enable.idempotence", "true")
             .set("message.max.bytes", "10000000")
             .set("linger.ms", "5")
@@ -410,7 +432,7 @@ impl Drop for KmirrorProc {
 /// Sum of (high − low) watermarks over all partitions of a topic; 0 when
 /// the topic does not exist.
 pub fn count(broker: &Broker, topic: &str) -> i64 {
-    kmirror::devcluster::records_in(&broker.bootstrap(), topic)
+    broker.inner.records(topic)
 }
 
 /// Waits until `topic` on `broker` holds at least `n` records.

@@ -1,0 +1,358 @@
+//! End to end: kmirror against brokers that demand TLS and SASL/SCRAM on
+//! both sides (nisshi `--cert`/`--key` and `--authentication`), with a
+//! test CA made at test time by the `openssl` CLI; refusals (wrong
+//! password, unknown CA, host name mismatch, plaintext to a TLS listener)
+//! are clear and never print a secret.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// A test CA and certificates signed by it, made with the `openssl` CLI.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("the openssl CLI is needed to make test certificates ({e}); install it with: apt-get install openssl")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    /// A CA `ca` and a broker certificate `broker` for 127.0.0.1 and
+    /// localhost; `other-ca` (unrelated) and `elsewhere` (signed by `ca`,
+    /// for another host name only) for the refusal tests.
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for ca in ["ca", "other-ca"] {
+            openssl(
+                d,
+                &[
+                    "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+                    &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2",
+                    "-subj", &format!("/CN=kmirror test {ca}"),
+                ],
+            );
+        }
+        for (name, san) in [
+            ("broker", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+            ("elsewhere", "subjectAltName=DNS:elsewhere.example"),
+        ] {
+            std::fs::write(d.join(format!("{name}.ext")), format!("{san}\n")).unwrap();
+            openssl(
+                d,
+                &[
+                    "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", &format!("{name}.key"), "-out",
+                    &format!("{name}.csr"), "-subj", &format!("/CN={name}"),
+                ],
+            );
+            openssl(
+                d,
+                &[
+                    "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem",
+                    "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"),
+                    "-days", "2", "-extfile", &format!("{name}.ext"),
+                ],
+            );
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn ca(&self) -> String {
+        self.path("ca.pem").display().to_string()
+    }
+
+    /// TLS with the certificate `name` (and SASL when `auth`).
+    fn security(&self, name: &str, auth: bool) -> BrokerSecurity {
+        BrokerSecurity {
+            tls: Some((
+                self.path(&format!("{name}.pem")),
+                self.path(&format!("{name}.key")),
+            )),
+            authentication: auth,
+        }
+    }
+}
+
+const ADMIN_PW: &str = "harness-pw-0";
+
+/// A broker with TLS and SCRAM (`mechanism`: scram256 | scram512), users
+/// `admin` (the harness) and `mirror` (kmirror, password `mirror_pw`).
+fn secure_broker(pki: &Pki, name: &str, mechanism: &str, mirror_pw: &str) -> Broker {
+    let sasl = if mechanism == "scram256" {
+        "SCRAM-SHA-256"
+    } else {
+        "SCRAM-SHA-512"
+    };
+    let ca = pki.ca();
+    Broker::start_secure(
+        name,
+        &[("admin", ADMIN_PW, mechanism), ("mirror", mirror_pw, mechanism)],
+        pki.security("broker", true),
+        &[
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", sasl),
+            ("sasl.username", "admin"),
+            ("sasl.password", ADMIN_PW),
+            ("ssl.ca.location", &ca),
+        ],
+    )
+}
+
+/// A kmirror config for a source/target pair behind SASL_SSL: the source
+/// password from a file, the target's from `$DST_MIRROR_PW`.
+fn secure_config(
+    dir: &Path,
+    pki: &Pki,
+    src: &Broker,
+    dst: &Broker,
+    src_pw_file: &Path,
+    flow: &str,
+) -> PathBuf {
+    let ca = pki.ca();
+    let text = format!(
+        r#"[source]
+alias = "src"
+bootstrap_servers = "{}"
+[source.properties]
+"security.protocol" = "sasl_ssl"
+"sasl.mechanism" = "SCRAM-SHA-512"
+"sasl.username" = "mirror"
+"sasl.password" = "${{file:{}}}"
+"ssl.ca.location" = "{ca}"
+
+[target]
+alias = "dst"
+bootstrap_servers = "{}"
+[target.properties]
+"security.protocol" = "sasl_ssl"
+"sasl.mechanism" = "SCRAM-SHA-256"
+"sasl.username" = "mirror"
+"sasl.password" = "${{DST_MIRROR_PW}}"
+"ssl.ca.location" = "{ca}"
+
+{flow}
+"#,
+        src.bootstrap(),
+        src_pw_file.display(),
+        dst.bootstrap()
+    );
+    let path = dir.join("kmirror.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn kmirror_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(kmirror_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kmirror");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn group_consumer(b: &Broker, group: &str) -> BaseConsumer {
+    b.consumer(Some(group))
+}
+
+fn committed(b: &Broker, group: &str, topic: &str, parts: i32) -> Vec<i64> {
+    let c = group_consumer(b, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..parts)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Both clusters demand TLS and SCRAM (SHA-512 on the source, SHA-256 on
+/// the target; the source password from a secret file, the target's from
+/// the environment): `validate --connect` reaches both, and the data path,
+/// config sync, checkpoints and group offset sync all work through them.
+/// No password reaches the log or the metrics.
+#[test]
+fn tls_and_scram_on_both_sides_mirror_sync_and_checkpoint() {
+    let pki = Pki::new();
+    let src = secure_broker(&pki, &unique("src"), "scram512", "src-mirror-pw-1");
+    let dst = secure_broker(&pki, &unique("dst"), "scram256", "dst-mirror-pw-2");
+    let topic = unique("orders");
+    let target = format!("src.{topic}");
+    src.create_topic(&topic, 3, &[("retention.ms", "-1"), ("cleanup.policy", "delete")]);
+    src.produce(&topic, &numbered(0, 3000, 3));
+    let group = "app-secure";
+    let c = group_consumer(&src, group);
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in [(0, 400), (1, 500), (2, 600)] {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(o)).unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("src-password");
+    std::fs::write(&pw_file, "src-mirror-pw-1\n").unwrap();
+    let listen = http_listen();
+    let cfg = secure_config(
+        dir.path(),
+        &pki,
+        &src,
+        &dst,
+        &pw_file,
+        &flow_toml(
+            &listen,
+            &topic,
+            "groups = [\"app-.*\"]\ncheckpoint_interval = \"1s\"\nsync_group_offsets = true\nsync_topic_configs = true\nsync_configs_interval = \"1s\"",
+        ),
+    );
+    let env = [("DST_MIRROR_PW", "dst-mirror-pw-2")];
+    let (code, out) = kmirror_env(
+        &["validate", "--config", cfg.to_str().unwrap(), "--connect"],
+        &env,
+    );
+    assert_eq!(code, 0, "validate --connect: {out}");
+    assert!(out.contains("source src: reachable") && out.contains("target dst: reachable"), "{out}");
+    assert!(!out.contains("src-mirror-pw-1") && !out.contains("dst-mirror-pw-2"), "{out}");
+
+    let k = KmirrorProc::start_env(&cfg, &dir.path().join("kmirror.log"), &env);
+    wait_count(&dst, &target, 3000, Duration::from_secs(90), &k);
+    assert_exact_copy(&src, &topic, &dst, &target);
+    // Config sync: the source topic's retention reached the target topic.
+    set_topic_config(&src, &topic, "retention.ms", "86400000");
+    wait_until(Duration::from_secs(60), || {
+        topic_config(&dst, &target, "retention.ms").as_deref() == Some("86400000")
+    });
+    // Checkpoints and group offset sync: the idle group's offsets arrive.
+    wait_until(Duration::from_secs(60), || {
+        committed(&dst, group, &target, 3) == vec![400, 500, 600]
+    });
+    let (status, metrics) = http_get(&listen, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    let log = k.log_text();
+    for secret in ["src-mirror-pw-1", "dst-mirror-pw-2"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        assert!(!metrics.contains(secret), "{secret} in the metrics");
+    }
+}
+
+/// The value of a topic config, as DescribeConfigs reports it.
+fn topic_config(b: &Broker, topic: &str, key: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(b.admin().describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
+            &rdkafka::admin::AdminOptions::new(),
+        ))
+        .ok()?;
+    let r = res.into_iter().next()?.ok()?;
+    r.get(key).and_then(|e| e.value.clone())
+}
+
+/// Each refusal gives one clear error from `validate --connect` (exit 1)
+/// naming the cluster (alias and bootstrap) and the cause in words, and
+/// never the password: wrong password, unknown CA, a certificate for
+/// another host name, a plaintext client to a TLS listener.
+#[test]
+fn refusals_name_the_cluster_and_the_cause() {
+    let pki = Pki::new();
+    let src = secure_broker(&pki, &unique("src"), "scram512", "right-pw-9");
+    // The target of every case: plaintext, reachable.
+    let plain = Broker::start(&unique("plain"));
+    // A TLS-only listener whose certificate names another host.
+    let dst = Broker::start_secure(
+        &unique("dst"),
+        &[],
+        pki.security("elsewhere", false),
+        &[("security.protocol", "ssl"), ("ssl.ca.location", &pki.ca()), ("ssl.endpoint.identification.algorithm", "none")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.ca();
+    let other_ca = pki.path("other-ca.pem").display().to_string();
+    let cases: Vec<(&str, String, String, &[&str])> = vec![
+        (
+            "wrong password",
+            src.bootstrap(),
+            format!("\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"mirror\"\n\"sasl.password\" = \"wrong-pw-7\"\n\"ssl.ca.location\" = \"{ca}\""),
+            &["authentication failed"],
+        ),
+        (
+            "unknown CA",
+            src.bootstrap(),
+            format!("\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"mirror\"\n\"sasl.password\" = \"right-pw-9\"\n\"ssl.ca.location\" = \"{other_ca}\""),
+            &["not signed by a CA"],
+        ),
+        (
+            "host name mismatch",
+            dst.bootstrap(),
+            format!("\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{ca}\""),
+            &["host name"],
+        ),
+        (
+            "plaintext to TLS",
+            src.bootstrap(),
+            String::new(),
+            &["TLS"],
+        ),
+    ];
+    for (what, bootstrap, props, words) in cases {
+        let text = format!(
+            "[source]\nalias = \"prod-src\"\nbootstrap_servers = \"{bootstrap}\"\n[source.properties]\n{props}\n\n[target]\nalias = \"ok-dst\"\nbootstrap_servers = \"{}\"\n\n{}",
+            plain.bootstrap(),
+            flow_toml("", "x", "")
+        );
+        let cfg = dir.path().join("refuse.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let (code, out) = kmirror_env(
+            &["validate", "--config", cfg.to_str().unwrap(), "--connect", "--timeout", "10s"],
+            &[],
+        );
+        assert_eq!(code, 1, "{what}: exit code, output:\n{out}");
+        let line = out
+            .lines()
+            .find(|l| l.contains("source prod-src"))
+            .unwrap_or_else(|| panic!("{what}: no line for the source:\n{out}"));
+        assert!(line.contains(&bootstrap), "{what}: bootstrap not named: {line}");
+        for w in words {
+            assert!(line.contains(w), "{what}: {w:?} not in: {line}");
+        }
+        assert!(!out.contains("wrong-pw-7") && !out.contains("right-pw-9"), "{what}: a password leaked:\n{out}");
+        assert!(out.contains("target ok-dst: reachable"), "{what}: {out}");
+    }
+}
