@@ -314,11 +314,20 @@ fn secret_files_are_read_masked_and_missing_ones_are_named() {
     );
     let c = load(&text).unwrap();
     let props: Vec<_> = c.source.properties.iter().collect();
-    assert!(props.contains(&("sasl.password", "file-secret-77")), "{props:?}");
-    assert!(props.contains(&("sasl.username", "mirror-user")), "{props:?}");
+    assert!(
+        props.contains(&("sasl.password", "file-secret-77")),
+        "{props:?}"
+    );
+    assert!(
+        props.contains(&("sasl.username", "mirror-user")),
+        "{props:?}"
+    );
     // Masked like a secret, even under a name that is not secret-looking.
     let dbg = format!("{c:?}");
-    assert!(!dbg.contains("file-secret-77") && !dbg.contains("mirror-user"), "{dbg}");
+    assert!(
+        !dbg.contains("file-secret-77") && !dbg.contains("mirror-user"),
+        "{dbg}"
+    );
     let summary = kmirror::commands::summary(&c);
     assert!(!summary.contains("mirror-user"), "{summary}");
     // A missing file: one problem naming the key, its line and the path.

@@ -45,10 +45,21 @@ impl Pki {
             openssl(
                 d,
                 &[
-                    "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-                    &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2",
-                    "-subj", &format!("/CN=kmirror test {ca}"),
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN=kmirror test {ca}"),
                 ],
             );
         }
@@ -60,17 +71,38 @@ impl Pki {
             openssl(
                 d,
                 &[
-                    "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", &format!("{name}.key"), "-out",
-                    &format!("{name}.csr"), "-subj", &format!("/CN={name}"),
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
                 ],
             );
             openssl(
                 d,
                 &[
-                    "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem",
-                    "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"),
-                    "-days", "2", "-extfile", &format!("{name}.ext"),
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
                 ],
             );
         }
@@ -110,7 +142,10 @@ fn secure_broker(pki: &Pki, name: &str, mechanism: &str, mirror_pw: &str) -> Bro
     let ca = pki.ca();
     Broker::start_secure(
         name,
-        &[("admin", ADMIN_PW, mechanism), ("mirror", mirror_pw, mechanism)],
+        &[
+            ("admin", ADMIN_PW, mechanism),
+            ("mirror", mirror_pw, mechanism),
+        ],
         pki.security("broker", true),
         &[
             ("security.protocol", "sasl_ssl"),
@@ -213,13 +248,18 @@ fn tls_and_scram_on_both_sides_mirror_sync_and_checkpoint() {
     let dst = secure_broker(&pki, &unique("dst"), "scram256", "dst-mirror-pw-2");
     let topic = unique("orders");
     let target = format!("src.{topic}");
-    src.create_topic(&topic, 3, &[("retention.ms", "-1"), ("cleanup.policy", "delete")]);
+    src.create_topic(
+        &topic,
+        3,
+        &[("retention.ms", "-1"), ("cleanup.policy", "delete")],
+    );
     src.produce(&topic, &numbered(0, 3000, 3));
     let group = "app-secure";
     let c = group_consumer(&src, group);
     let mut tpl = TopicPartitionList::new();
     for (p, o) in [(0, 400), (1, 500), (2, 600)] {
-        tpl.add_partition_offset(&topic, p, Offset::Offset(o)).unwrap();
+        tpl.add_partition_offset(&topic, p, Offset::Offset(o))
+            .unwrap();
     }
     c.commit(&tpl, CommitMode::Sync).unwrap();
 
@@ -245,8 +285,14 @@ fn tls_and_scram_on_both_sides_mirror_sync_and_checkpoint() {
         &env,
     );
     assert_eq!(code, 0, "validate --connect: {out}");
-    assert!(out.contains("source src: reachable") && out.contains("target dst: reachable"), "{out}");
-    assert!(!out.contains("src-mirror-pw-1") && !out.contains("dst-mirror-pw-2"), "{out}");
+    assert!(
+        out.contains("source src: reachable") && out.contains("target dst: reachable"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("src-mirror-pw-1") && !out.contains("dst-mirror-pw-2"),
+        "{out}"
+    );
 
     let k = KmirrorProc::start_env(&cfg, &dir.path().join("kmirror.log"), &env);
     wait_count(&dst, &target, 3000, Duration::from_secs(90), &k);
@@ -300,7 +346,11 @@ fn refusals_name_the_cluster_and_the_cause() {
         &unique("dst"),
         &[],
         pki.security("elsewhere", false),
-        &[("security.protocol", "ssl"), ("ssl.ca.location", &pki.ca()), ("ssl.endpoint.identification.algorithm", "none")],
+        &[
+            ("security.protocol", "ssl"),
+            ("ssl.ca.location", &pki.ca()),
+            ("ssl.endpoint.identification.algorithm", "none"),
+        ],
     );
     let dir = tempfile::tempdir().unwrap();
     let ca = pki.ca();
@@ -340,19 +390,32 @@ fn refusals_name_the_cluster_and_the_cause() {
         let cfg = dir.path().join("refuse.toml");
         std::fs::write(&cfg, text).unwrap();
         let (code, out) = kmirror_env(
-            &["validate", "--config", cfg.to_str().unwrap(), "--connect", "--timeout", "10s"],
+            &[
+                "validate",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--connect",
+                "--timeout",
+                "10s",
+            ],
             &[],
         );
         assert_eq!(code, 1, "{what}: exit code, output:\n{out}");
         let line = out
             .lines()
-            .find(|l| l.contains("source prod-src"))
+            .find(|l| l.contains("source prod-src:"))
             .unwrap_or_else(|| panic!("{what}: no line for the source:\n{out}"));
-        assert!(line.contains(&bootstrap), "{what}: bootstrap not named: {line}");
+        assert!(
+            line.contains(&bootstrap),
+            "{what}: bootstrap not named: {line}"
+        );
         for w in words {
             assert!(line.contains(w), "{what}: {w:?} not in: {line}");
         }
-        assert!(!out.contains("wrong-pw-7") && !out.contains("right-pw-9"), "{what}: a password leaked:\n{out}");
+        assert!(
+            !out.contains("wrong-pw-7") && !out.contains("right-pw-9"),
+            "{what}: a password leaked:\n{out}"
+        );
         assert!(out.contains("target ok-dst: reachable"), "{what}: {out}");
     }
 }

@@ -47,10 +47,7 @@ pub fn interpolate(
 }
 
 /// Like [`interpolate`]; also says whether a value came from a file.
-fn expand(
-    s: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, bool), Vec<String>> {
+fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool), Vec<String>> {
     let mut out = String::with_capacity(s.len());
     let mut errs = Vec::new();
     let mut from_file = false;

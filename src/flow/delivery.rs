@@ -154,11 +154,17 @@ impl ProducerContext for DeliveryCtx {
                             Some(RDKafkaErrorCode::Fatal) => {
                                 sh.request_restart("fatal", format!("fatal producer error: {e}"))
                             }
-                            Some(RDKafkaErrorCode::MessageTimedOut) => sh.request_restart(
-                                "timed_out",
-                                "records not acknowledged within the session timeout were given up"
-                                    .into(),
-                            ),
+                            Some(RDKafkaErrorCode::MessageTimedOut) => {
+                                // What is queued behind it must not land
+                                // after it (librdkafka would send it after
+                                // bumping its epoch): purged at once.
+                                sh.purge_now.store(true, Ordering::Release);
+                                sh.request_restart(
+                                    "timed_out",
+                                    "records not acknowledged within message.timeout.ms were given up"
+                                        .into(),
+                                )
+                            }
                             _ => {}
                         }
                         l.not_written(src, e.to_string());

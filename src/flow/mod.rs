@@ -148,6 +148,10 @@ pub(crate) struct Shared {
     /// Exactly-once: every hand-over to the producer is checked against
     /// the freeze watchdog (see [`watchdog`]).
     guard: Option<watchdog::FreezeGuard>,
+    /// Set by the delivery callback when a record was not written (timed
+    /// out, fatal): the producer's polling thread purges its queue at once,
+    /// so that nothing queued behind that record lands after it (a gap).
+    purge_now: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -160,6 +164,7 @@ impl Shared {
         freeze_limit: Duration,
     ) -> Self {
         Self {
+            purge_now: Arc::new(AtomicBool::new(false)),
             guard: (delivery == Delivery::ExactlyOnce)
                 .then(|| watchdog::FreezeGuard::new(freeze_limit)),
             flow: flow.to_string(),
@@ -498,7 +503,8 @@ impl Replicator {
                 .flow_restarts
                 .with_label_values(&[&flow, reason])
                 .inc();
-            if started.elapsed() > Duration::from_secs(60) {
+            // A run that lasted is not a crash loop: start the backoff over.
+            if started.elapsed() > Duration::from_secs(10) {
                 backoff = Duration::from_secs(1);
             }
             error!(flow = %flow, reason, error = %why, retry_in = ?backoff, "flow restarts with fresh clients");
@@ -555,12 +561,13 @@ impl Replicator {
             pcfg.remove("delivery.timeout.ms");
             pcfg.set("message.timeout.ms", ms.to_string());
         }
-        let producer = kafka::Polled::create(
+        let producer = kafka::Polled::create_with_purge(
             &pcfg,
             DeliveryCtx {
                 shared: shared.clone(),
                 cache: Mutex::new(None),
             },
+            shared.purge_now.clone(),
         )?;
 
         let eos = if self.flow.delivery == Delivery::ExactlyOnce {

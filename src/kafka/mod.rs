@@ -16,7 +16,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -145,25 +145,63 @@ pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, msg: &str) {
 #[derive(Default)]
 pub struct KContext {
     last_error: Mutex<Option<String>>,
+    /// The last error whose cause [`explain`] knows (a later "all brokers
+    /// are down" says less).
+    known_error: Mutex<Option<String>>,
+    /// The last connection failure the broker threads logged.
+    last_fail: Mutex<Option<String>>,
+    /// Keep librdkafka's log lines to the last error only (a probe whose
+    /// caller reports the failure once, in words).
+    quiet: bool,
 }
 
 impl KContext {
-    /// The last error librdkafka reported on this client, if any.
+    /// A context that does not log librdkafka's lines (see `quiet`).
+    pub fn quiet() -> Self {
+        Self {
+            quiet: true,
+            ..Self::default()
+        }
+    }
+
+    /// The last error librdkafka reported on this client whose cause is
+    /// known, else the last one, if any.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|g| g.clone())
+        let get = |m: &Mutex<Option<String>>| m.lock().ok().and_then(|g| g.clone());
+        get(&self.known_error)
+            .or_else(|| get(&self.last_fail))
+            .or_else(|| get(&self.last_error))
+    }
+
+    fn keep_error(&self, text: &str, fail: bool) {
+        let slot = if explain(text).is_some() {
+            &self.known_error
+        } else if fail {
+            &self.last_fail
+        } else {
+            &self.last_error
+        };
+        if let Ok(mut g) = slot.lock() {
+            *g = Some(text.to_string());
+        }
     }
 }
 
 impl ClientContext for KContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        log_librdkafka(level, fac, msg)
+        // Connection failures (TLS, SASL) are logged by the broker threads
+        // as they happen; keep the last one for the error of the request.
+        if (level as i32) <= (RDKafkaLogLevel::Error as i32) || (self.quiet && fac == "FAIL") {
+            self.keep_error(msg, fac == "FAIL");
+        }
+        if !self.quiet {
+            log_librdkafka(level, fac, msg)
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", %error, "{reason}");
-        if let Ok(mut g) = self.last_error.lock() {
-            *g = Some(reason.to_string());
-        }
+        self.keep_error(reason, false);
     }
 }
 
@@ -231,12 +269,55 @@ pub struct ClusterInfo {
 }
 
 /// Reaches a cluster with a metadata request. The error says why it failed
-/// (the client's own last error when librdkafka has one).
+/// in words when the cause is known (see [`explain`]; a certificate that
+/// fails verification is tried once more without host name verification,
+/// to tell a host name mismatch from an unknown CA), with librdkafka's own
+/// text after it.
 pub fn probe(cluster: &ClusterConfig, timeout: Duration) -> Result<ClusterInfo, String> {
-    let cfg = client_config(cluster, Role::Admin, "kmirror-probe");
+    let mut cfg = client_config(cluster, Role::Admin, "kmirror-probe");
+    if cfg.get("debug").is_none() {
+        // The broker threads' connection failures (logged at debug level)
+        // say why a connection closed; the quiet context keeps them.
+        cfg.set("debug", "broker,security");
+        cfg.set("log_level", "7");
+        // (rdkafka sets the level from the `log` crate's otherwise.)
+        cfg.set_log_level(RDKafkaLogLevel::Debug);
+    }
+    let (e, why) = match probe_with(&cfg, timeout)? {
+        Ok(info) => return Ok(info),
+        Err(failure) => failure,
+    };
+    let Some(w) = why else {
+        return Err(format!("{e} (no broker answered within {timeout:?})"));
+    };
+    let verify_off = cfg
+        .get("ssl.endpoint.identification.algorithm")
+        .is_some_and(|v| v.eq_ignore_ascii_case("none"));
+    if w.contains("certificate verify failed") && !verify_off {
+        let mut relaxed = cfg.clone();
+        relaxed.set("ssl.endpoint.identification.algorithm", "none");
+        if let Ok(Ok(_)) = probe_with(&relaxed, timeout) {
+            return Err(format!(
+                "the broker's certificate is for another host name: its subject alternative names do not include the host in bootstrap_servers (or the one the broker advertises); use that name, or reissue the certificate ({w})"
+            ));
+        }
+    }
+    Err(match explain(&w) {
+        Some(cause) => format!("{cause} ({w})"),
+        None => format!("{e}: {w}"),
+    })
+}
+
+/// One metadata request: the cluster's figures, or (the request's error,
+/// the client's last error). `Err` only when no client could be made.
+#[allow(clippy::type_complexity)]
+fn probe_with(
+    cfg: &ClientConfig,
+    timeout: Duration,
+) -> Result<Result<ClusterInfo, (String, Option<String>)>, String> {
     let consumer: BaseConsumer<KContext> =
-        create(&cfg, KContext::default()).map_err(|e| format!("cannot create a client: {e}"))?;
-    match consumer.client().fetch_metadata(None, timeout) {
+        create(cfg, KContext::quiet()).map_err(|e| format!("cannot create a client: {e}"))?;
+    Ok(match consumer.client().fetch_metadata(None, timeout) {
         Ok(md) => {
             let cluster_id = consumer.client().fetch_cluster_id(timeout);
             Ok(ClusterInfo {
@@ -246,13 +327,44 @@ pub fn probe(cluster: &ClusterConfig, timeout: Duration) -> Result<ClusterInfo, 
             })
         }
         Err(e) => {
-            let why = consumer.context().last_error();
-            Err(match why {
-                Some(w) => format!("{e}: {w}"),
-                None => format!("{e} (no broker answered within {timeout:?})"),
-            })
+            // Serve the error events queued meanwhile.
+            let _ = consumer.poll(Duration::from_millis(100));
+            Err((e.to_string(), consumer.context().last_error()))
         }
+    })
+}
+
+/// The cause of a connection failure in words, from librdkafka's text of
+/// it (TLS and SASL failures), when it is a known one.
+pub fn explain(text: &str) -> Option<&'static str> {
+    let t = text.to_ascii_lowercase();
+    let has = |s: &str| t.contains(s);
+    if has("sasl authentication error")
+        || has("authentication failed")
+        || has("invalid credentials")
+    {
+        return Some("authentication failed: wrong user name or password, or the user does not exist for this SASL mechanism");
     }
+    if has("unsupported sasl mechanism") || has("sasl mechanism") && has("not supported") {
+        return Some("the broker does not offer this SASL mechanism (sasl.mechanism)");
+    }
+    if has("certificate verify failed")
+        || has("unable to get local issuer")
+        || has("self-signed certificate")
+        || has("self signed certificate")
+    {
+        return Some("the broker's certificate is not signed by a CA in ssl.ca.location (unknown CA), or it expired");
+    }
+    if has("ssl handshake failed") || has("wrong version number") || has("packet length too long") {
+        return Some("the TLS handshake failed: does this listener speak TLS (security.protocol = ssl or sasl_ssl only for a TLS listener)?");
+    }
+    if has("connecting to a ssl listener")
+        || has("disconnected while requesting apiversion")
+        || has("disconnected") && has("in state apiversion_query")
+    {
+        return Some("the broker closed the connection at once: it may expect TLS (set security.protocol = ssl or sasl_ssl) or SASL");
+    }
+    None
 }
 
 /// Reads records `[from, to)` of one partition with a group-less
@@ -427,15 +539,30 @@ impl Drop for Poller {
 impl<C: ProducerContext + 'static> Polled<C> {
     /// Creates the producer (through [`create`]) and its polling thread.
     pub fn create(cfg: &ClientConfig, ctx: C) -> Result<Self, ClientError> {
+        Self::create_with_purge(cfg, ctx, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Like [`Polled::create`]; when a delivery callback sets `purge`, the
+    /// polling thread purges the producer's queue as soon as the callback
+    /// returns (before librdkafka sends what is queued behind a record that
+    /// was not written), and clears it.
+    pub fn create_with_purge(
+        cfg: &ClientConfig,
+        ctx: C,
+        purge: Arc<AtomicBool>,
+    ) -> Result<Self, ClientError> {
         let producer: Arc<BaseProducer<C>> = Arc::new(create(cfg, ctx)?);
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
-            let (producer, stop) = (producer.clone(), stop.clone());
+            let (producer, stop, purge) = (producer.clone(), stop.clone(), purge.clone());
             std::thread::Builder::new()
                 .name("kmirror-producer-poll".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Acquire) {
                         producer.poll(Duration::from_secs(1));
+                        if purge.swap(false, Ordering::AcqRel) {
+                            producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+                        }
                     }
                 })
                 .map_err(|e| ClientError(format!("cannot start a producer thread: {e}")))?
