@@ -143,6 +143,12 @@ pub async fn run_with(
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ([http] listen): {e}"))?;
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
+    for (role, cl) in [("source", &config.source), ("target", &config.target)] {
+        let off = cl.tls_verification_off();
+        if !off.is_empty() {
+            warn!(cluster = role, alias = %cl.alias, properties = %off.join(", "), "TLS certificate verification is OFF for this cluster: anyone on the path can impersonate its brokers and read or alter mirrored records and credentials");
+        }
+    }
     ensure_internal_topics(&config, &shutdown).await?;
 
     let mut tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();

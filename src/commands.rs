@@ -257,6 +257,15 @@ pub fn summary(c: &Config) -> String {
     };
     s.push_str(&cl("source", &c.source));
     s.push_str(&cl("target", &c.target));
+    for (role, cc) in [("source", &c.source), ("target", &c.target)] {
+        let off = cc.tls_verification_off();
+        if !off.is_empty() {
+            s.push_str(&format!(
+                "  WARNING: TLS certificate verification is off for the {role} ({})\n",
+                off.join(", ")
+            ));
+        }
+    }
     if !c.http.listen.is_empty() {
         s.push_str(&format!("  http   {}\n", c.http.listen));
     }

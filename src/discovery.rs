@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, FlowConfig};
 use crate::kafka::{self, KContext, Role};
@@ -169,10 +169,9 @@ pub fn list_topics(
     timeout: Duration,
 ) -> Result<BTreeMap<String, i32>, String> {
     let md = consumer.fetch_metadata(None, timeout).map_err(|e| {
-        match consumer.context().last_error() {
-            Some(w) => format!("{e}: {w}"),
-            None => e.to_string(),
-        }
+        // Serve the log and error events queued meanwhile (they say why).
+        let _ = consumer.poll(Duration::from_millis(100));
+        kafka::failure_text(&e.to_string(), consumer.context().last_error().as_deref()).0
     })?;
     Ok(md
         .topics()
@@ -271,6 +270,50 @@ impl Discovery {
         }
     }
 
+    /// A cluster answered: ready again, and the next failure is reported.
+    fn cluster_ok(&self, role: &str, cluster: &ClusterConfig, reported: &mut HashSet<String>) {
+        self.health.set_cluster(role, Ok(()));
+        self.metrics
+            .cluster_up
+            .with_label_values(&[role, &cluster.alias])
+            .set(1);
+        let key = format!("cluster:{role}");
+        if reported.remove(&key) {
+            info!(cluster = role, alias = %cluster.alias, bootstrap = %cluster.bootstrap_servers, "cluster reachable again");
+        }
+    }
+
+    /// A cluster did not answer: `/readyz` says why (in words when the
+    /// cause is known: TLS, SASL), `kmirror_cluster_up` is 0,
+    /// `kmirror_cluster_errors_total{cause}` counts it, and a WARN names
+    /// the cluster once per error (the clients retry with librdkafka's
+    /// reconnect backoff, and the next pass asks again).
+    fn cluster_failed(
+        &self,
+        role: &str,
+        cluster: &ClusterConfig,
+        error: &str,
+        reported: &mut HashSet<String>,
+    ) {
+        let cause = kafka::cause_of(error).map_or("unreachable", kafka::Cause::label);
+        let why = format!(
+            "{role} cluster {} at {}: {error}",
+            cluster.alias, cluster.bootstrap_servers
+        );
+        self.health.set_cluster(role, Err(why.clone()));
+        self.metrics
+            .cluster_up
+            .with_label_values(&[role, &cluster.alias])
+            .set(0);
+        self.metrics
+            .cluster_errors
+            .with_label_values(&[role, cause])
+            .inc();
+        if reported.insert(format!("cluster:{role}")) {
+            warn!("cannot reach the {why}; keeping the current mirror set and trying again");
+        }
+    }
+
     async fn pass(
         &self,
         src: &Arc<BaseConsumer<KContext>>,
@@ -279,29 +322,27 @@ impl Discovery {
     ) {
         let source_topics = match list_blocking(src).await {
             Ok(t) => {
-                self.health.set_cluster("source", true);
+                self.cluster_ok("source", &self.source, reported);
                 t
             }
             Err(e) => {
-                self.health.set_cluster("source", false);
                 for (f, _, _) in &self.flows {
                     self.metrics
                         .errors
                         .with_label_values(&[&f.name, "discovery"])
                         .inc();
                 }
-                warn!(error = %e, "cannot list source topics; keeping the current mirror set");
+                self.cluster_failed("source", &self.source, &e, reported);
                 return;
             }
         };
         let target_topics = match list_blocking(dst).await {
             Ok(t) => {
-                self.health.set_cluster("target", true);
+                self.cluster_ok("target", &self.target, reported);
                 t
             }
             Err(e) => {
-                self.health.set_cluster("target", false);
-                warn!(error = %e, "cannot list target topics; keeping the current mirror set");
+                self.cluster_failed("target", &self.target, &e, reported);
                 return;
             }
         };

@@ -75,6 +75,12 @@ pub struct Metrics {
     pub flow_restarts: IntCounterVec,
     /// librdkafka: average broker round-trip time.
     pub broker_rtt: prometheus::GaugeVec,
+    /// 1 when the cluster answered kmirror's last metadata request.
+    pub cluster_up: IntGaugeVec,
+    /// Failed metadata requests to a cluster, by cause (authentication,
+    /// sasl_mechanism, tls_certificate, tls_handshake, closed_at_once,
+    /// unreachable).
+    pub cluster_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -128,6 +134,8 @@ impl Metrics {
             producer_queue: gauge(&r, "kmirror_producer_queue_records", "Records handed to the target producer and not yet acknowledged.", &["flow"]),
             topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
             client_queue: gauge(&r, "kmirror_client_queue_messages", "librdkafka statistics: messages waiting in the client's queues (producer: not yet acknowledged; consumer: fetched, not yet handed over).", &["flow", "client"]),
+            cluster_up: gauge(&r, "kmirror_cluster_up", "1 when the cluster (source or target) answered kmirror's last metadata request.", &["cluster", "alias"]),
+            cluster_errors: counter(&r, "kmirror_cluster_errors_total", "Failed metadata requests to a cluster by cause: authentication, sasl_mechanism, tls_certificate, tls_handshake, closed_at_once, unreachable.", &["cluster", "cause"]),
             broker_up: gauge(&r, "kmirror_broker_up", "librdkafka statistics: 1 when the client's connection to the broker is UP.", &["flow", "client", "broker"]),
             flow_restarts: counter(&r, "kmirror_flow_restarts_total", "Replication flows restarted with fresh clients, by reason (fatal: fatal producer error; purged: a drain timed out or partitions were lost, and queued records were purged; timed_out: exactly-once records not acknowledged within the session timeout; frozen: the consume loop stalled past half the session timeout; error: the flow failed and is retried).", &["flow", "reason"]),
             broker_rtt: {
@@ -236,8 +244,8 @@ pub struct Health {
 
 #[derive(Default)]
 struct HealthState {
-    /// cluster role -> reachable
-    clusters: BTreeMap<String, bool>,
+    /// cluster role -> reachable, or why not
+    clusters: BTreeMap<String, Result<(), String>>,
     /// flow -> (has partitions assigned, stopped partitions)
     flows: BTreeMap<String, (bool, usize)>,
     /// flow -> partitions held until their exactly-once position is derived
@@ -245,10 +253,11 @@ struct HealthState {
 }
 
 impl Health {
-    /// Records whether a cluster ("source"/"target") answered lately.
-    pub fn set_cluster(&self, role: &str, reachable: bool) {
+    /// Records whether a cluster ("source"/"target") answered lately, or
+    /// why not (the text names the cluster; never a secret).
+    pub fn set_cluster(&self, role: &str, state: Result<(), String>) {
         if let Ok(mut s) = self.state.lock() {
-            s.clusters.insert(role.to_string(), reachable);
+            s.clusters.insert(role.to_string(), state);
         }
     }
 
@@ -281,8 +290,8 @@ impl Health {
         let mut why = Vec::new();
         for role in ["source", "target"] {
             match s.clusters.get(role) {
-                Some(true) => {}
-                Some(false) => why.push(format!("{role} cluster unreachable")),
+                Some(Ok(())) => {}
+                Some(Err(e)) => why.push(format!("unreachable: {e}")),
                 None => why.push(format!("{role} cluster not checked yet")),
             }
         }

@@ -419,3 +419,90 @@ fn refusals_name_the_cluster_and_the_cause() {
         assert!(out.contains("target ok-dst: reachable"), "{what}: {out}");
     }
 }
+
+/// `kmirror run` with a wrong password: it keeps running and retrying,
+/// `/readyz` answers 503 naming the cluster and the cause, the metrics
+/// count the cause, the WARN names the cluster once (not every pass), and
+/// the password is printed nowhere. Turning certificate checks off is an
+/// explicit key and is warned about at start.
+#[test]
+fn run_reports_a_refused_login_on_readyz_and_in_metrics() {
+    let pki = Pki::new();
+    let src = secure_broker(&pki, &unique("src"), "scram512", "right-pw-3");
+    let dst = Broker::start(&unique("dst"));
+    let dir = tempfile::tempdir().unwrap();
+    let listen = http_listen();
+    let text = format!(
+        "[source]\nalias = \"prod-src\"\nbootstrap_servers = \"{}\"\n[source.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"mirror\"\n\"sasl.password\" = \"wrong-pw-5\"\n\"ssl.ca.location\" = \"{}\"\n\"ssl.endpoint.identification.algorithm\" = \"none\"\n\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n\n{}",
+        src.bootstrap(),
+        pki.ca(),
+        dst.bootstrap(),
+        flow_toml(&listen, "x", "")
+    );
+    let cfg = dir.path().join("kmirror.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out) = kmirror_env(&["validate", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("WARNING: TLS certificate verification is off for the source"),
+        "{out}"
+    );
+    let mut k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let got = http_get(&listen, "/readyz");
+        match &got {
+            Some((503, b)) if b.contains("authentication failed") => break b.clone(),
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no readiness reason for the refused login: {got:?}\nlog:\n{}",
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        body.contains("prod-src") && body.contains(&src.bootstrap()),
+        "{body}"
+    );
+    // A few more passes (1 s apart): still one WARN for the cluster.
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, metrics) = http_get(&listen, "/metrics").expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "kmirror_cluster_errors_total{cause=\"authentication\",cluster=\"source\"}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kmirror_cluster_up{alias=\"prod-src\",cluster=\"source\"} 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("cluster_up"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let log = k.log_text();
+    assert!(log.contains("TLS certificate verification is OFF"), "{log}");
+    assert_eq!(
+        log.matches("cannot reach the source cluster").count(),
+        1,
+        "one WARN per state change:\n{log}"
+    );
+    assert!(process_alive(k.pid()), "kmirror must keep retrying:\n{log}");
+    for text in [&log, &body, &metrics] {
+        assert!(
+            !text.contains("wrong-pw-5") && !text.contains("right-pw-3"),
+            "a password leaked"
+        );
+    }
+    k.signal("TERM");
+    assert_eq!(
+        k.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        k.log_text()
+    );
+}

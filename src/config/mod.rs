@@ -59,6 +59,24 @@ pub struct ClusterConfig {
     pub properties: Properties,
 }
 
+impl ClusterConfig {
+    /// The properties that turn TLS certificate verification off
+    /// (`enable.ssl.certificate.verification = false`,
+    /// `ssl.endpoint.identification.algorithm = none`): explicit keys
+    /// only; verification is on by default. Warned about at start.
+    pub fn tls_verification_off(&self) -> Vec<String> {
+        self.properties
+            .iter()
+            .filter(|(k, v)| {
+                let v = v.trim().to_ascii_lowercase();
+                (*k == "enable.ssl.certificate.verification" && v == "false")
+                    || (*k == "ssl.endpoint.identification.algorithm" && v == "none")
+            })
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect()
+    }
+}
+
 /// `[http]`: where the metrics and health endpoints listen.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

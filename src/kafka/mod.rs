@@ -302,10 +302,13 @@ pub fn probe(cluster: &ClusterConfig, timeout: Duration) -> Result<ClusterInfo, 
             ));
         }
     }
-    Err(match explain(&w) {
-        Some(cause) => format!("{cause} ({w})"),
-        None => format!("{e}: {w}"),
-    })
+    if cause_of(&w) == Some(Cause::Certificate) {
+        // Not a host name mismatch (tried above).
+        return Err(format!(
+            "the broker's certificate is not signed by a CA in ssl.ca.location (unknown CA), or it expired ({w})"
+        ));
+    }
+    Err(failure_text(&e, Some(&w)).0)
 }
 
 /// One metadata request: the cluster's figures, or (the request's error,
@@ -334,37 +337,94 @@ fn probe_with(
     })
 }
 
-/// The cause of a connection failure in words, from librdkafka's text of
-/// it (TLS and SASL failures), when it is a known one.
-pub fn explain(text: &str) -> Option<&'static str> {
+/// A known cause of a connection failure (TLS and SASL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// SASL authentication refused (wrong user or password).
+    Authentication,
+    /// The broker does not offer the configured SASL mechanism.
+    Mechanism,
+    /// The broker's certificate did not verify.
+    Certificate,
+    /// The TLS handshake failed otherwise (often: not a TLS listener).
+    TlsHandshake,
+    /// The broker closed the connection at once (often: a plaintext client
+    /// to a TLS or SASL listener).
+    ExpectsTls,
+}
+
+impl Cause {
+    /// Metric label (`kmirror_cluster_errors_total{cause}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::Authentication => "authentication",
+            Cause::Mechanism => "sasl_mechanism",
+            Cause::Certificate => "tls_certificate",
+            Cause::TlsHandshake => "tls_handshake",
+            Cause::ExpectsTls => "closed_at_once",
+        }
+    }
+
+    /// The cause in words.
+    pub fn words(self) -> &'static str {
+        match self {
+            Cause::Authentication => "authentication failed: wrong user name or password, or the user does not exist for this SASL mechanism",
+            Cause::Mechanism => "the broker does not offer this SASL mechanism (sasl.mechanism)",
+            Cause::Certificate => "the broker's certificate is not signed by a CA in ssl.ca.location (unknown CA), or it expired, or it is for another host name (`kmirror validate --connect` tells which)",
+            Cause::TlsHandshake => "the TLS handshake failed: does this listener speak TLS (security.protocol = ssl or sasl_ssl only for a TLS listener)?",
+            Cause::ExpectsTls => "the broker closed the connection at once: it may expect TLS (set security.protocol = ssl or sasl_ssl) or SASL",
+        }
+    }
+}
+
+/// The cause of a connection failure, from librdkafka's text of it, when
+/// it is a known one.
+pub fn cause_of(text: &str) -> Option<Cause> {
     let t = text.to_ascii_lowercase();
     let has = |s: &str| t.contains(s);
     if has("sasl authentication error")
         || has("authentication failed")
         || has("invalid credentials")
     {
-        return Some("authentication failed: wrong user name or password, or the user does not exist for this SASL mechanism");
+        return Some(Cause::Authentication);
     }
     if has("unsupported sasl mechanism") || has("sasl mechanism") && has("not supported") {
-        return Some("the broker does not offer this SASL mechanism (sasl.mechanism)");
+        return Some(Cause::Mechanism);
     }
     if has("certificate verify failed")
         || has("unable to get local issuer")
         || has("self-signed certificate")
         || has("self signed certificate")
     {
-        return Some("the broker's certificate is not signed by a CA in ssl.ca.location (unknown CA), or it expired");
+        return Some(Cause::Certificate);
     }
     if has("ssl handshake failed") || has("wrong version number") || has("packet length too long") {
-        return Some("the TLS handshake failed: does this listener speak TLS (security.protocol = ssl or sasl_ssl only for a TLS listener)?");
+        return Some(Cause::TlsHandshake);
     }
     if has("connecting to a ssl listener")
         || has("disconnected while requesting apiversion")
         || has("disconnected") && has("in state apiversion_query")
     {
-        return Some("the broker closed the connection at once: it may expect TLS (set security.protocol = ssl or sasl_ssl) or SASL");
+        return Some(Cause::ExpectsTls);
     }
     None
+}
+
+/// The cause of a connection failure in words, when it is a known one.
+pub fn explain(text: &str) -> Option<&'static str> {
+    cause_of(text).map(Cause::words)
+}
+
+/// A failed request's error (`err`) with the client's last error: the
+/// cause in words first when it is known.
+pub fn failure_text(err: &str, last: Option<&str>) -> (String, Option<Cause>) {
+    match last {
+        Some(w) => match cause_of(w) {
+            Some(c) => (format!("{} ({w})", c.words()), Some(c)),
+            None => (format!("{err}: {w}"), None),
+        },
+        None => (err.to_string(), None),
+    }
 }
 
 /// Reads records `[from, to)` of one partition with a group-less
