@@ -157,48 +157,62 @@ fn secure_broker(pki: &Pki, name: &str, mechanism: &str, mirror_pw: &str) -> Bro
     )
 }
 
-/// A kmirror config for a source/target pair behind SASL_SSL: the source
-/// password from a file, the target's from `$DST_MIRROR_PW`.
+/// `config/sasl-tls.toml` pointed at these brokers: their bootstrap
+/// servers and the test CA swapped in, the source password read from
+/// `src_pw_file` (`${file:...}`), the target's from `$US_PASSWORD`,
+/// `extra` flow keys appended to the file's flow.
 fn secure_config(
     dir: &Path,
     pki: &Pki,
     src: &Broker,
     dst: &Broker,
     src_pw_file: &Path,
-    flow: &str,
+    listen: &str,
+    extra: &str,
 ) -> PathBuf {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sasl-tls.toml"))
+            .unwrap();
     let ca = pki.ca();
-    let text = format!(
-        r#"[source]
-alias = "src"
-bootstrap_servers = "{}"
-[source.properties]
-"security.protocol" = "sasl_ssl"
-"sasl.mechanism" = "SCRAM-SHA-512"
-"sasl.username" = "mirror"
-"sasl.password" = "${{file:{}}}"
-"ssl.ca.location" = "{ca}"
-
-[target]
-alias = "dst"
-bootstrap_servers = "{}"
-[target.properties]
-"security.protocol" = "sasl_ssl"
-"sasl.mechanism" = "SCRAM-SHA-256"
-"sasl.username" = "mirror"
-"sasl.password" = "${{DST_MIRROR_PW}}"
-"ssl.ca.location" = "{ca}"
-
-{flow}
-"#,
-        src.bootstrap(),
-        src_pw_file.display(),
-        dst.bootstrap()
-    );
+    let swaps = [
+        (
+            "kafka-eu-1.example.net:9093,kafka-eu-2.example.net:9093",
+            src.bootstrap(),
+        ),
+        ("kafka-us-1.example.net:9093", dst.bootstrap()),
+        ("/etc/kmirror/eu-ca.pem", ca.clone()),
+        ("/etc/kmirror/us-ca.pem", ca),
+        (
+            "\"${EU_PASSWORD}\"",
+            format!("\"${{file:{}}}\"", src_pw_file.display()),
+        ),
+        (
+            "listen = \"0.0.0.0:9464\"",
+            format!("listen = \"{listen}\""),
+        ),
+    ];
+    let mut text = example;
+    for (from, to) in swaps {
+        assert!(
+            text.contains(from),
+            "config/sasl-tls.toml no longer has {from}"
+        );
+        text = text.replace(from, &to);
+    }
+    text.push_str(extra);
+    text.push('\n');
     let path = dir.join("kmirror.toml");
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The environment `config/sasl-tls.toml` reads.
+const ENV: [(&str, &str); 4] = [
+    ("EU_USER", "mirror"),
+    ("US_USER", "mirror"),
+    ("US_PASSWORD", "dst-mirror-pw-2"),
+    ("HOSTNAME", "kmirror-test-host"),
+];
 
 fn kmirror_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(kmirror_bin())
@@ -246,15 +260,15 @@ fn tls_and_scram_on_both_sides_mirror_sync_and_checkpoint() {
     let pki = Pki::new();
     let src = secure_broker(&pki, &unique("src"), "scram512", "src-mirror-pw-1");
     let dst = secure_broker(&pki, &unique("dst"), "scram256", "dst-mirror-pw-2");
-    let topic = unique("orders");
-    let target = format!("src.{topic}");
+    let topic = format!("payments.{}", unique("orders"));
+    let target = format!("prod-eu.{topic}");
     src.create_topic(
         &topic,
         3,
         &[("retention.ms", "-1"), ("cleanup.policy", "delete")],
     );
     src.produce(&topic, &numbered(0, 3000, 3));
-    let group = "app-secure";
+    let group = "payments-app";
     let c = group_consumer(&src, group);
     let mut tpl = TopicPartitionList::new();
     for (p, o) in [(0, 400), (1, 500), (2, 600)] {
@@ -273,20 +287,17 @@ fn tls_and_scram_on_both_sides_mirror_sync_and_checkpoint() {
         &src,
         &dst,
         &pw_file,
-        &flow_toml(
-            &listen,
-            &topic,
-            "groups = [\"app-.*\"]\ncheckpoint_interval = \"1s\"\nsync_group_offsets = true\nsync_topic_configs = true\nsync_configs_interval = \"1s\"",
-        ),
+        &listen,
+        "checkpoint_interval = \"1s\"\nsync_topic_configs = true\nsync_configs_interval = \"1s\"\nrefresh_topics_interval = \"1s\"",
     );
-    let env = [("DST_MIRROR_PW", "dst-mirror-pw-2")];
+    let env = ENV;
     let (code, out) = kmirror_env(
         &["validate", "--config", cfg.to_str().unwrap(), "--connect"],
         &env,
     );
     assert_eq!(code, 0, "validate --connect: {out}");
     assert!(
-        out.contains("source src: reachable") && out.contains("target dst: reachable"),
+        out.contains("source prod-eu: reachable") && out.contains("target prod-us: reachable"),
         "{out}"
     );
     assert!(

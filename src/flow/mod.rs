@@ -560,6 +560,12 @@ impl Replicator {
             });
             pcfg.remove("delivery.timeout.ms");
             pcfg.set("message.timeout.ms", ms.to_string());
+            // A record that times out stops the producer (a fatal error)
+            // instead of letting librdkafka bump its epoch and send what
+            // was queued behind it, which would leave a gap: a property of
+            // kmirror's librdkafka (see vendor/README.md). The flow then
+            // restarts with a fresh producer and resumes from the target.
+            pcfg.set("enable.gapless.timeouts", "true");
         }
         let producer = kafka::Polled::create_with_purge(
             &pcfg,

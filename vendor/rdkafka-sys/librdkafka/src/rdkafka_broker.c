@@ -3926,6 +3926,29 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
                                 rd_kafka_toppar_unlock(rktp);
                                 return 0;
 
+                        } else if (timeoutcnt > 0 &&
+                                   rkb->rkb_rk->rk_conf.eos.gapless_timeouts) {
+                                /* kmirror: enable.gapless.timeouts: a
+                                 * message timeout is fatal: the epoch
+                                 * bump below would send the messages queued
+                                 * behind the timed-out ones, leaving a gap
+                                 * in the partition. The fatal error stops
+                                 * every send at once (it is checked before
+                                 * each request is built). */
+
+                                rd_kafka_t *rk = rkb->rkb_rk;
+
+                                /* Must not hold toppar lock */
+                                rd_kafka_toppar_unlock(rktp);
+
+                                rd_kafka_idemp_set_fatal_error(
+                                    rk, RD_KAFKA_RESP_ERR__GAPLESS_GUARANTEE,
+                                    "%d message(s) timed out on %s [%" PRId32
+                                    "]: unable to satisfy gap-less guarantee",
+                                    timeoutcnt, rktp->rktp_rkt->rkt_topic->str,
+                                    rktp->rktp_partition);
+                                return 0;
+
                         } else if (timeoutcnt > 0) {
                                 /* Message timeouts will lead to gaps the in
                                  * the message sequence and thus trigger

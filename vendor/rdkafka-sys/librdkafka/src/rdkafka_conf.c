@@ -1563,6 +1563,15 @@ static const struct rd_kafka_property rd_kafka_properties[] = {
      "by this guarantee. "
      "Requires `enable.idempotence=true`.",
      0, 1, 0},
+    {_RK_GLOBAL | _RK_PRODUCER, "enable.gapless.timeouts",
+     _RK_C_BOOL, _RK(eos.gapless_timeouts),
+     "(kmirror) When set to `true`, a message that times out "
+     "(`message.timeout.ms`) raises a fatal error "
+     "(ERR__GAPLESS_GUARANTEE) and stops the producer, instead of "
+     "bumping the epoch and sending the messages queued behind it "
+     "(which leaves a gap in the partition). "
+     "Requires `enable.idempotence=true`.",
+     0, 1, 0},
     {_RK_GLOBAL | _RK_PRODUCER | _RK_HIGH, "queue.buffering.max.messages",
      _RK_C_INT, _RK(queue_buffering_max_msgs),
      "Maximum number of messages allowed on the producer queue. "

@@ -481,6 +481,9 @@ struct rd_kafka_conf_s {
                 rd_bool_t gapless; /**< Raise fatal error if
                                     *   gapless guarantee can't be
                                     *   satisfied. */
+                rd_bool_t gapless_timeouts; /**< kmirror: a message
+                                             *   timeout raises a fatal
+                                             *   error. */
                 /*
                  * Transactions
                  */
