@@ -1,16 +1,18 @@
 //! Wiring of `kmirror run`: HTTP server, internal topics, discovery, one
 //! replicator per flow, heartbeats, all under one cancellation token.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::AdminClient;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, FlowConfig};
 use crate::config_sync::sync::ConfigSync;
 use crate::discovery::{self, Discovery, FlowRules, MirrorSet};
 use crate::flow::{offset_syncs_topic, Replicator};
@@ -136,6 +138,26 @@ pub async fn run_with(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
+    let (_tx, rx) = mpsc::unbounded_channel();
+    run_reloadable(config, None, rx, shutdown, metrics, health).await
+}
+
+/// Like [`run_with`]; each message on `reload` re-reads `path` (SIGHUP,
+/// `kmirror run --watch`): a file `validate` refuses is refused with the
+/// same messages and the running config goes on; otherwise flows added
+/// start, flows removed stop cleanly (drain, commit), flows whose settings
+/// changed restart alone, unchanged flows are not touched, and a change of
+/// `[source]`, `[target]` (secrets read again included) or `[runtime]`
+/// restarts every flow with new clients. `kmirror_config_reloads_total`
+/// counts the outcomes.
+pub async fn run_reloadable(
+    config: Config,
+    path: Option<PathBuf>,
+    mut reload: mpsc::UnboundedReceiver<&'static str>,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
     if !config.http.listen.is_empty() {
         let addr = config.http.listen.parse()?;
         metrics::serve(addr, metrics.clone(), health.clone(), shutdown.clone())
@@ -143,132 +165,432 @@ pub async fn run_with(
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ([http] listen): {e}"))?;
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
+    warn_tls_off(&config);
+    ensure_internal_topics(&config, &shutdown).await?;
+    let mut engine = Engine {
+        config: config.clone(),
+        metrics,
+        health,
+        shutdown: shutdown.clone(),
+        failed: Arc::new(Mutex::new(None)),
+        refresh: Arc::new(tokio::sync::Notify::new()),
+        flows: BTreeMap::new(),
+        shared: Vec::new(),
+    };
+    for f in &config.flows {
+        engine.start_flow(f)?;
+    }
+    engine.start_shared();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            why = reload.recv() => {
+                let Some(why) = why else {
+                    // No reload source any more: wait for the shutdown.
+                    shutdown.cancelled().await;
+                    break;
+                };
+                if let Some(path) = &path {
+                    engine.reload(path, why).await;
+                }
+            }
+        }
+    }
+    engine.finish().await
+}
+
+fn warn_tls_off(config: &Config) {
     for (role, cl) in [("source", &config.source), ("target", &config.target)] {
         let off = cl.tls_verification_off();
         if !off.is_empty() {
             warn!(cluster = role, alias = %cl.alias, properties = %off.join(", "), "TLS certificate verification is OFF for this cluster: anyone on the path can impersonate its brokers and read or alter mirrored records and credentials");
         }
     }
-    ensure_internal_topics(&config, &shutdown).await?;
-
-    let mut tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)> = Vec::new();
-    let mut flows = Vec::new();
-    let refresh = Arc::new(tokio::sync::Notify::new());
-    for f in &config.flows {
-        let rules = FlowRules::new(f).map_err(|e| anyhow::anyhow!("flow {}: {e}", f.name))?;
-        let (tx, rx) = watch::channel(Arc::new(MirrorSet::new()));
-        flows.push((f.clone(), rules, tx));
-        let sync = ConfigSync {
-            flow: f.clone(),
-            source: config.source.clone(),
-            target: config.target.clone(),
-            metrics: metrics.clone(),
-            mirror: rx.clone(),
-            refresh: refresh.clone(),
-        };
-        tasks.push((
-            format!("config sync {}", f.name),
-            tokio::spawn(sync.run(shutdown.clone())),
-        ));
-        let cp = crate::offsets::checkpoint::Checkpointer {
-            flow: f.clone(),
-            source: config.source.clone(),
-            target: config.target.clone(),
-            metrics: metrics.clone(),
-            mirror: rx.clone(),
-        };
-        tasks.push((
-            format!("checkpoints {}", f.name),
-            tokio::spawn(cp.run(shutdown.clone())),
-        ));
-        health.add_flow(&f.name);
-        let rep = Replicator {
-            flow: f.clone(),
-            source: config.source.clone(),
-            target: config.target.clone(),
-            runtime: config.runtime.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-            mirror: rx,
-        };
-        let token = shutdown.clone();
-        tasks.push((
-            format!("flow {}", f.name),
-            tokio::task::spawn_blocking(move || rep.run(token)),
-        ));
-    }
-    let disc = Discovery {
-        source: config.source.clone(),
-        target: config.target.clone(),
-        flows,
-        metrics: metrics.clone(),
-        health: health.clone(),
-        refresh,
-    };
-    tasks.push(("discovery".into(), tokio::spawn(disc.run(shutdown.clone()))));
-    tasks.push((
-        "heartbeats".into(),
-        tokio::spawn(heartbeats(
-            config.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )),
-    ));
-
-    supervise(tasks, shutdown, config.runtime.shutdown_timeout).await
 }
 
-/// Waits for the tasks: the first that fails cancels the others; after a
-/// cancellation, tasks get `deadline` to finish before they are named and
-/// abandoned.
-async fn supervise(
-    tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+/// A running task: its name, its own token (a child of the shutdown
+/// token) and the handle of the monitor that reports its failure.
+struct Task {
+    name: String,
+    token: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// A running flow: its mirror-set sender (owned across
+/// discovery restarts) and its three tasks.
+struct FlowTasks {
+    tx: watch::Sender<Arc<MirrorSet>>,
+    tasks: Vec<Task>,
+}
+
+/// The running tasks of `kmirror run`.
+struct Engine {
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
-    deadline: Duration,
-) -> anyhow::Result<()> {
-    use futures::stream::{FuturesUnordered, StreamExt};
-    let mut first_error: Option<anyhow::Error> = None;
-    let mut running: Vec<String> = tasks.iter().map(|(n, _)| n.clone()).collect();
-    let mut set: FuturesUnordered<_> = tasks
-        .into_iter()
-        .map(|(name, h)| async move { (name, h.await) })
-        .collect();
-    let mut cancel_at: Option<tokio::time::Instant> = None;
-    loop {
-        let deadline_passed = async {
-            match cancel_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => futures::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            next = set.next() => {
-                let Some((name, r)) = next else { break };
-                running.retain(|n| *n != name);
-                let failure = match r {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.context(format!("task {name} failed"))),
-                    Err(e) => Some(anyhow::anyhow!("task {name} panicked: {e}")),
-                };
-                if let Some(e) = failure {
-                    error!(error = format!("{e:#}"), "stopping kmirror");
-                    first_error.get_or_insert(e);
-                    shutdown.cancel();
+    /// The first task failure (it cancels `shutdown`).
+    failed: Arc<Mutex<Option<anyhow::Error>>>,
+    refresh: Arc<tokio::sync::Notify>,
+    flows: BTreeMap<String, FlowTasks>,
+    /// Discovery and heartbeats.
+    shared: Vec<Task>,
+}
+
+impl Engine {
+    /// Runs `fut` under a monitor: a failure or a panic is recorded and
+    /// cancels the shutdown token (the whole process stops, as before
+    /// reloads existed); a task cancelled by its own token just ends.
+    fn monitor(
+        &self,
+        name: String,
+        token: CancellationToken,
+        handle: JoinHandle<anyhow::Result<()>>,
+    ) -> Task {
+        let (failed, shutdown, n) = (self.failed.clone(), self.shutdown.clone(), name.clone());
+        let handle = tokio::spawn(async move {
+            let failure = match handle.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.context(format!("task {n} failed"))),
+                Err(e) => Some(anyhow::anyhow!("task {n} panicked: {e}")),
+            };
+            if let Some(e) = failure {
+                error!(error = format!("{e:#}"), "stopping kmirror");
+                if let Ok(mut f) = failed.lock() {
+                    f.get_or_insert(e);
                 }
+                shutdown.cancel();
             }
-            _ = shutdown.cancelled(), if cancel_at.is_none() => {
-                cancel_at = Some(tokio::time::Instant::now() + deadline);
+        });
+        Task {
+            name,
+            token,
+            handle,
+        }
+    }
+
+    fn start_flow(&mut self, f: &FlowConfig) -> anyhow::Result<()> {
+        let token = self.shutdown.child_token();
+        let (tx, rx) = watch::channel(Arc::new(MirrorSet::new()));
+        let cfg = &self.config;
+        let sync = ConfigSync {
+            flow: f.clone(),
+            source: cfg.source.clone(),
+            target: cfg.target.clone(),
+            metrics: self.metrics.clone(),
+            mirror: rx.clone(),
+            refresh: self.refresh.clone(),
+        };
+        let cp = crate::offsets::checkpoint::Checkpointer {
+            flow: f.clone(),
+            source: cfg.source.clone(),
+            target: cfg.target.clone(),
+            metrics: self.metrics.clone(),
+            mirror: rx.clone(),
+        };
+        self.health.add_flow(&f.name);
+        let rep = Replicator {
+            flow: f.clone(),
+            source: cfg.source.clone(),
+            target: cfg.target.clone(),
+            runtime: cfg.runtime.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            mirror: rx,
+        };
+        let t = token.clone();
+        let tasks = vec![
+            self.monitor(
+                format!("config sync {}", f.name),
+                token.clone(),
+                tokio::spawn(sync.run(token.clone())),
+            ),
+            self.monitor(
+                format!("checkpoints {}", f.name),
+                token.clone(),
+                tokio::spawn(cp.run(token.clone())),
+            ),
+            self.monitor(
+                format!("flow {}", f.name),
+                token.clone(),
+                tokio::task::spawn_blocking(move || rep.run(t)),
+            ),
+        ];
+        self.flows.insert(f.name.clone(), FlowTasks { tx, tasks });
+        Ok(())
+    }
+
+    /// Discovery (over the flows in config order) and heartbeats.
+    fn start_shared(&mut self) {
+        let mut flows = Vec::new();
+        for f in &self.config.flows {
+            let Some(ft) = self.flows.get(&f.name) else {
+                continue;
+            };
+            match FlowRules::new(f) {
+                Ok(rules) => flows.push((f.clone(), rules, ft.tx.clone())),
+                Err(e) => error!(flow = %f.name, error = %e, "flow rules"),
             }
-            _ = deadline_passed => {
-                error!(tasks = ?running, "shutdown deadline passed; abandoning the tasks still running");
-                return Err(first_error.unwrap_or_else(|| {
-                    anyhow::anyhow!("shutdown deadline passed with {running:?} still running")
-                }));
+        }
+        let disc = Discovery {
+            source: self.config.source.clone(),
+            target: self.config.target.clone(),
+            flows,
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            refresh: self.refresh.clone(),
+        };
+        let token = self.shutdown.child_token();
+        let d = self.monitor(
+            "discovery".into(),
+            token.clone(),
+            tokio::spawn(disc.run(token.clone())),
+        );
+        let token = self.shutdown.child_token();
+        let h = self.monitor(
+            "heartbeats".into(),
+            token.clone(),
+            tokio::spawn(heartbeats(
+                self.config.clone(),
+                self.metrics.clone(),
+                token.clone(),
+            )),
+        );
+        self.shared = vec![d, h];
+    }
+
+    /// Cancels `tasks` and waits for them (at most `shutdown_timeout`).
+    async fn stop(&self, tasks: Vec<Task>) {
+        for t in &tasks {
+            t.token.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.config.runtime.shutdown_timeout;
+        for t in tasks {
+            let mut handle = t.handle;
+            if tokio::time::timeout_at(deadline, &mut handle)
+                .await
+                .is_err()
+            {
+                error!(task = %t.name, "did not stop within shutdown_timeout; abandoned");
+                handle.abort();
             }
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
+
+    async fn stop_flow(&mut self, name: &str) {
+        if let Some(ft) = self.flows.remove(name) {
+            self.stop(ft.tasks).await;
+            self.health.remove_flow(name);
+        }
+    }
+
+    /// Re-reads the file and applies what changed (see [`run_reloadable`]).
+    async fn reload(&mut self, path: &Path, why: &str) {
+        let new = match crate::config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["invalid"])
+                    .inc();
+                error!(trigger = why, file = %path.display(), "configuration reload refused; the running configuration goes on:\n{e}");
+                return;
+            }
+        };
+        let old = self.config.clone();
+        let plan = ReloadPlan::new(&old, &new);
+        if plan.is_empty() {
+            self.metrics
+                .config_reloads
+                .with_label_values(&["unchanged"])
+                .inc();
+            info!(trigger = why, "configuration reloaded: nothing changed");
+            return;
+        }
+        info!(trigger = why, changes = %plan, "configuration reload: applying");
+        if new.http.listen != old.http.listen {
+            warn!(running = %old.http.listen, file = %new.http.listen, "[http] listen changes need a restart; the running address is kept");
+        }
+        // Stop first (drain, commit), then start: a topic that moves from
+        // one flow to another is never mirrored by both.
+        let shared = std::mem::take(&mut self.shared);
+        self.stop(shared).await;
+        for name in plan.removed.iter().chain(&plan.changed) {
+            self.stop_flow(name).await;
+        }
+        let mut new_cfg = new.clone();
+        new_cfg.http = old.http.clone();
+        self.config = new_cfg;
+        warn_tls_off(&self.config);
+        if plan.clusters || !plan.added.is_empty() {
+            if let Err(e) = ensure_internal_topics(&self.config, &self.shutdown).await {
+                error!(error = format!("{e:#}"), "internal topics after the reload");
+            }
+        }
+        let mut result = "applied";
+        for f in new
+            .flows
+            .iter()
+            .filter(|f| plan.added.contains(&f.name) || plan.changed.contains(&f.name))
+        {
+            if let Err(e) = self.start_flow(f) {
+                error!(flow = %f.name, error = format!("{e:#}"), "cannot start the flow after the reload");
+                result = "failed";
+            }
+        }
+        self.start_shared();
+        self.metrics
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
+        info!(changes = %plan, "configuration reloaded");
+    }
+
+    /// Stops everything (each task within `shutdown_timeout`) and returns
+    /// the first failure.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut tasks = std::mem::take(&mut self.shared);
+        for (_, ft) in std::mem::take(&mut self.flows) {
+            tasks.extend(ft.tasks);
+        }
+        self.stop(tasks).await;
+        match self.failed.lock().ok().and_then(|mut f| f.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a reload changes: flows by name, and whether the clusters (or
+/// `[runtime]`) changed, which restarts every flow.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Flows in the new file only.
+    pub added: Vec<String>,
+    /// Flows in the running config only.
+    pub removed: Vec<String>,
+    /// Flows whose settings differ (or every flow when `clusters`).
+    pub changed: Vec<String>,
+    /// `[source]`, `[target]` (properties and secrets included) or
+    /// `[runtime]` differ.
+    pub clusters: bool,
+}
+
+impl ReloadPlan {
+    /// Compares the running config with a new one.
+    pub fn new(old: &Config, new: &Config) -> ReloadPlan {
+        let clusters =
+            old.source != new.source || old.target != new.target || old.runtime != new.runtime;
+        let mut plan = ReloadPlan {
+            clusters,
+            ..ReloadPlan::default()
+        };
+        for f in &new.flows {
+            match old.flows.iter().find(|o| o.name == f.name) {
+                None => plan.added.push(f.name.clone()),
+                Some(o) if clusters || o != f => plan.changed.push(f.name.clone()),
+                Some(_) => {}
+            }
+        }
+        for o in &old.flows {
+            if !new.flows.iter().any(|f| f.name == o.name) {
+                plan.removed.push(o.name.clone());
+            }
+        }
+        // A change in flow order changes which flow takes a topic first.
+        let order = |c: &Config| c.flows.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+        if plan.added.is_empty() && plan.removed.is_empty() && order(old) != order(new) {
+            for f in &new.flows {
+                if !plan.changed.contains(&f.name) {
+                    plan.changed.push(f.name.clone());
+                }
+            }
+        }
+        plan
+    }
+
+    /// Nothing to apply (an `[http]` change alone is only warned about).
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && !self.clusters
+    }
+}
+
+impl std::fmt::Display for ReloadPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("nothing changes");
+        }
+        let mut parts = Vec::new();
+        if self.clusters {
+            parts.push(
+                "clusters or [runtime] changed: every flow restarts with new clients".to_string(),
+            );
+        }
+        for (what, v) in [
+            ("start", &self.added),
+            ("stop", &self.removed),
+            ("restart", &self.changed),
+        ] {
+            if !v.is_empty() {
+                parts.push(format!("{what} {}", v.join(", ")));
+            }
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(flows: &str, target_props: &str) -> Config {
+        let text = format!(
+            "[source]\nalias = \"s\"\nbootstrap_servers = \"127.0.0.1:1\"\n\n[target]\nalias = \"t\"\nbootstrap_servers = \"127.0.0.1:2\"\n{target_props}\n{flows}"
+        );
+        crate::config::load_str(Path::new("t.toml"), &text, &|_| None).unwrap()
+    }
+
+    const A: &str = "[[flow]]\nname = \"a\"\ntopics = [\"a\"]\n";
+    const B: &str = "[[flow]]\nname = \"b\"\ntopics = [\"b\"]\n";
+
+    #[test]
+    fn a_reload_plan_names_what_starts_stops_and_restarts() {
+        let one = load(A, "");
+        assert!(ReloadPlan::new(&one, &one).is_empty());
+        let two = load(&format!("{A}{B}"), "");
+        let p = ReloadPlan::new(&one, &two);
+        assert_eq!(
+            (
+                p.added.clone(),
+                p.removed.clone(),
+                p.changed.clone(),
+                p.clusters
+            ),
+            (vec!["b".to_string()], vec![], vec![], false)
+        );
+        let p = ReloadPlan::new(&two, &one);
+        assert_eq!(p.removed, vec!["b".to_string()]);
+        // A changed flow restarts alone.
+        let changed = load(&format!("{A}{}", B.replace("[\"b\"]", "[\"b2\"]")), "");
+        let p = ReloadPlan::new(&two, &changed);
+        assert_eq!(
+            (p.changed.clone(), p.added.is_empty(), p.removed.is_empty()),
+            (vec!["b".to_string()], true, true)
+        );
+        // A cluster change (a rotated secret) restarts every flow.
+        let rotated = load(
+            &format!("{A}{B}"),
+            "[target.properties]\n\"sasl.password\" = \"new\"\n",
+        );
+        let p = ReloadPlan::new(&two, &rotated);
+        assert!(p.clusters);
+        assert_eq!(p.changed, vec!["a".to_string(), "b".to_string()]);
+        // Reordered flows: which flow takes a topic first may change.
+        let swapped = load(&format!("{B}{A}"), "");
+        assert_eq!(ReloadPlan::new(&two, &swapped).changed.len(), 2);
     }
 }

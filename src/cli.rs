@@ -42,6 +42,10 @@ pub enum Command {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Reload the file when it changes (checked every second), as on
+        /// SIGHUP.
+        #[arg(long)]
+        watch: bool,
     },
     /// Check the configuration file; with --connect also reach both clusters.
     Validate {
@@ -63,6 +67,11 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        /// Only compare with the running configuration's file: what a
+        /// reload (SIGHUP) from it to --config would start, stop and
+        /// restart. Reads no cluster.
+        #[arg(long, value_name = "RUNNING_FILE")]
+        reload_from: Option<PathBuf>,
     },
     /// Consumer offsets on the target: translate, apply (failover).
     Offsets {

@@ -23,15 +23,23 @@ pub fn dispatch(cmd: Command) -> u8 {
             connect,
             timeout,
         } => validate(&config, connect, timeout),
-        Command::Run { config } => run(&config),
-        Command::Plan { config, format } => plan(&config, format),
+        Command::Run { config, watch } => run(&config, watch),
+        Command::Plan {
+            config,
+            format,
+            reload_from,
+        } => match reload_from {
+            Some(running) => reload_plan(&running, &config),
+            None => plan(&config, format),
+        },
         Command::Offsets { command } => offsets(command),
     }
 }
 
 /// `kmirror run`: mirrors until SIGINT/SIGTERM. The first signal drains
 /// and commits within `[runtime] shutdown_timeout`; a second exits at once.
-fn run(path: &Path) -> u8 {
+/// SIGHUP (and with `--watch` a change of the file) reloads the file.
+fn run(path: &Path, watch: bool) -> u8 {
     let (c, rt) = match load_or_report(path).and_then(|c| Ok((c, runtime()?))) {
         Ok(x) => x,
         Err(code) => return code,
@@ -49,7 +57,17 @@ fn run(path: &Path) -> u8 {
             tracing::warn!("second signal: exiting without draining");
             std::process::exit(EXIT_FAILURE as i32);
         });
-        crate::app::run(c, shutdown).await
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn_reload_triggers(path, watch, tx, shutdown.clone());
+        crate::app::run_reloadable(
+            c,
+            Some(path.to_path_buf()),
+            rx,
+            shutdown,
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+            std::sync::Arc::new(crate::metrics::Health::default()),
+        )
+        .await
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -63,6 +81,58 @@ fn run(path: &Path) -> u8 {
             EXIT_FAILURE
         }
     }
+}
+
+/// SIGHUP, and with `watch` a change of the file's modification time or
+/// size (looked at every second), each send a reload request.
+fn spawn_reload_triggers(
+    path: &Path,
+    watch: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    if tx.send("SIGHUP").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; reloads by signal are off"),
+    }
+    if !watch {
+        return;
+    }
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last = stamp(&path);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = stamp(&path);
+            if now != last && now.is_some() {
+                last = now;
+                tracing::info!(file = %path.display(), "the configuration file changed: reloading");
+                if tx.send("--watch").is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 async fn wait_signal() {
@@ -113,6 +183,21 @@ fn plan(path: &Path, format: OutputFormat) -> u8 {
             EXIT_FAILURE
         }
     }
+}
+
+/// `kmirror plan --reload-from RUNNING --config NEW`: what a reload from
+/// the running file to the new one changes (both must be valid).
+fn reload_plan(running: &Path, new: &Path) -> u8 {
+    let (old, new_c) = match (load_or_report(running), load_or_report(new)) {
+        (Ok(o), Ok(n)) => (o, n),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let p = crate::app::ReloadPlan::new(&old, &new_c);
+    println!("reload {} -> {}: {p}", running.display(), new.display());
+    if old.http.listen != new_c.http.listen {
+        println!("  [http] listen changes need a restart (a reload keeps the running address)");
+    }
+    EXIT_OK
 }
 
 /// `kmirror offsets translate|apply`: the failover runbook's commands.

@@ -75,6 +75,9 @@ pub struct Metrics {
     pub flow_restarts: IntCounterVec,
     /// librdkafka: average broker round-trip time.
     pub broker_rtt: prometheus::GaugeVec,
+    /// Configuration reloads by result (applied, unchanged, invalid,
+    /// failed).
+    pub config_reloads: IntCounterVec,
     /// 1 when the cluster answered kmirror's last metadata request.
     pub cluster_up: IntGaugeVec,
     /// Failed metadata requests to a cluster, by cause (authentication,
@@ -134,6 +137,7 @@ impl Metrics {
             producer_queue: gauge(&r, "kmirror_producer_queue_records", "Records handed to the target producer and not yet acknowledged.", &["flow"]),
             topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
             client_queue: gauge(&r, "kmirror_client_queue_messages", "librdkafka statistics: messages waiting in the client's queues (producer: not yet acknowledged; consumer: fetched, not yet handed over).", &["flow", "client"]),
+            config_reloads: counter(&r, "kmirror_config_reloads_total", "Configuration reloads (SIGHUP, run --watch) by result: applied, unchanged, invalid (refused, the running configuration goes on), failed (a flow could not start).", &["result"]),
             cluster_up: gauge(&r, "kmirror_cluster_up", "1 when the cluster (source or target) answered kmirror's last metadata request.", &["cluster", "alias"]),
             cluster_errors: counter(&r, "kmirror_cluster_errors_total", "Failed metadata requests to a cluster by cause: authentication, sasl_mechanism, tls_certificate, tls_handshake, closed_at_once, unreachable.", &["cluster", "cause"]),
             broker_up: gauge(&r, "kmirror_broker_up", "librdkafka statistics: 1 when the client's connection to the broker is UP.", &["flow", "client", "broker"]),
@@ -279,6 +283,14 @@ impl Health {
     /// Registers a flow as not yet assigned.
     pub fn add_flow(&self, flow: &str) {
         self.set_flow(flow, false, 0);
+    }
+
+    /// Forgets a flow (removed by a reload).
+    pub fn remove_flow(&self, flow: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.flows.remove(flow);
+            s.unresolved.remove(flow);
+        }
     }
 
     /// `Ok` when ready, else the reasons.

@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// One Kafka cluster.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Short name of the cluster: prefixes mirrored topics (`{source}`),
@@ -78,7 +78,7 @@ impl ClusterConfig {
 }
 
 /// `[http]`: where the metrics and health endpoints listen.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// `host:port` to listen on; `""` disables the HTTP server.
@@ -99,7 +99,7 @@ fn default_listen() -> String {
 }
 
 /// `[runtime]`: settings of the process rather than of one flow.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// How long a graceful stop (SIGINT/SIGTERM) may take to flush and
@@ -204,7 +204,7 @@ impl Compression {
 }
 
 /// One `[[flow]]`: a set of source topics mirrored with one policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowConfig {
     /// Unique name: labels metrics and names the source consumer group

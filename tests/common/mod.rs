@@ -353,6 +353,16 @@ impl KmirrorProc {
 
     /// Like [`KmirrorProc::start`], with extra environment variables.
     pub fn start_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> KmirrorProc {
+        Self::start_with(config, log, env, &[])
+    }
+
+    /// Like [`KmirrorProc::start_env`], with extra `run` arguments.
+    pub fn start_with(
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> KmirrorProc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -361,6 +371,7 @@ impl KmirrorProc {
         let child = Command::new(kmirror_bin())
             .args(["run", "--config"])
             .arg(config)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("KMIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()),
