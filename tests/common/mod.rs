@@ -92,6 +92,21 @@ impl Broker {
         b
     }
 
+    /// Sets a SCRAM user's password on a broker started with
+    /// [`Broker::start_secure`]: restarts it plaintext, runs `nisshi user
+    /// create`, and restarts it with its security again (data kept).
+    pub fn set_password(&mut self, user: &str, password: &str, mechanism: &str) {
+        let security = std::mem::take(&mut self.inner.security);
+        let props = std::mem::take(&mut self.inner.client_properties);
+        self.restart();
+        self.inner
+            .create_user(user, password, mechanism)
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.inner.security = security;
+        self.inner.client_properties = props;
+        self.restart();
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn bootstrap(&self) -> String {
         self.inner.bootstrap()
