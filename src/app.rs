@@ -47,6 +47,7 @@ async fn ensure_internal_topics(
             crate::offsets::checkpoint::checkpoints_topic(&config.source.alias),
             "compact",
         ),
+        (crate::leader::leader_topic(&config.source.alias), "compact"),
     ];
     let mut delay = Duration::from_millis(500);
     loop {
@@ -77,6 +78,7 @@ async fn ensure_internal_topics(
 async fn heartbeats(
     config: Config,
     metrics: Arc<Metrics>,
+    leader: crate::leader::Leader,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let every = config
@@ -95,6 +97,9 @@ async fn heartbeats(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+        }
+        if !leader.is_leader() {
+            continue;
         }
         let hb = Heartbeat {
             source: config.source.alias.clone(),
@@ -176,7 +181,10 @@ pub async fn run_reloadable(
         refresh: Arc::new(tokio::sync::Notify::new()),
         flows: BTreeMap::new(),
         shared: Vec::new(),
+        leader: crate::leader::leader_for(&config),
+        election: None,
     };
+    engine.start_election();
     for f in &config.flows {
         engine.start_flow(f)?;
     }
@@ -235,6 +243,11 @@ struct Engine {
     flows: BTreeMap<String, FlowTasks>,
     /// Discovery and heartbeats.
     shared: Vec<Task>,
+    /// Whether this process leads the control loops (one per process,
+    /// kept across reloads).
+    leader: crate::leader::Leader,
+    /// The election (restarted when the clusters change).
+    election: Option<Task>,
 }
 
 impl Engine {
@@ -280,6 +293,7 @@ impl Engine {
             metrics: self.metrics.clone(),
             mirror: rx.clone(),
             refresh: self.refresh.clone(),
+            leader: self.leader.clone(),
         };
         let cp = crate::offsets::checkpoint::Checkpointer {
             flow: f.clone(),
@@ -287,6 +301,7 @@ impl Engine {
             target: cfg.target.clone(),
             metrics: self.metrics.clone(),
             mirror: rx.clone(),
+            leader: self.leader.clone(),
         };
         self.health.add_flow(&f.name);
         let rep = Replicator {
@@ -353,10 +368,27 @@ impl Engine {
             tokio::spawn(heartbeats(
                 self.config.clone(),
                 self.metrics.clone(),
+                self.leader.clone(),
                 token.clone(),
             )),
         );
         self.shared = vec![d, h];
+    }
+
+    /// The leader election, on a blocking thread.
+    fn start_election(&mut self) {
+        let token = self.shutdown.child_token();
+        let (cfg, leader, metrics, health, t) = (
+            self.config.clone(),
+            self.leader.clone(),
+            self.metrics.clone(),
+            self.health.clone(),
+            token.clone(),
+        );
+        let handle = tokio::task::spawn_blocking(move || {
+            crate::leader::run(&cfg, leader, metrics, health, t)
+        });
+        self.election = Some(self.monitor("leader election".into(), token, handle));
     }
 
     /// Cancels `tasks` and waits for them (at most `shutdown_timeout`).
@@ -413,7 +445,10 @@ impl Engine {
         }
         // Stop first (drain, commit), then start: a topic that moves from
         // one flow to another is never mirrored by both.
-        let shared = std::mem::take(&mut self.shared);
+        let mut shared = std::mem::take(&mut self.shared);
+        if plan.clusters {
+            shared.extend(self.election.take());
+        }
         self.stop(shared).await;
         for name in plan.removed.iter().chain(&plan.changed) {
             self.stop_flow(name).await;
@@ -426,6 +461,9 @@ impl Engine {
             if let Err(e) = ensure_internal_topics(&self.config, &self.shutdown).await {
                 error!(error = format!("{e:#}"), "internal topics after the reload");
             }
+        }
+        if self.election.is_none() {
+            self.start_election();
         }
         let mut result = "applied";
         for f in new
@@ -454,6 +492,7 @@ impl Engine {
         for (_, ft) in std::mem::take(&mut self.flows) {
             tasks.extend(ft.tasks);
         }
+        tasks.extend(self.election.take());
         self.stop(tasks).await;
         match self.failed.lock().ok().and_then(|mut f| f.take()) {
             Some(e) => Err(e),

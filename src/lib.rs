@@ -42,6 +42,7 @@ pub mod devcluster;
 pub mod discovery;
 pub mod flow;
 pub mod kafka;
+pub mod leader;
 pub mod metrics;
 pub mod offsets;
 pub mod plan;

@@ -16,7 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
@@ -78,6 +78,8 @@ pub struct Metrics {
     /// Configuration reloads by result (applied, unchanged, invalid,
     /// failed).
     pub config_reloads: IntCounterVec,
+    /// 1 while this process leads the control loops.
+    pub leader: IntGauge,
     /// 1 when the cluster answered kmirror's last metadata request.
     pub cluster_up: IntGaugeVec,
     /// Failed metadata requests to a cluster, by cause (authentication,
@@ -137,6 +139,11 @@ impl Metrics {
             producer_queue: gauge(&r, "kmirror_producer_queue_records", "Records handed to the target producer and not yet acknowledged.", &["flow"]),
             topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
             client_queue: gauge(&r, "kmirror_client_queue_messages", "librdkafka statistics: messages waiting in the client's queues (producer: not yet acknowledged; consumer: fetched, not yet handed over).", &["flow", "client"]),
+            leader: {
+                let g = IntGauge::new("kmirror_leader", "1 while this process leads the control loops of its direction (config sync, checkpoints, group offset sync, heartbeats), elected through the group kmirror-leader.<source>.<target> on the target.").expect("metric");
+                r.register(Box::new(g.clone())).expect("register");
+                g
+            },
             config_reloads: counter(&r, "kmirror_config_reloads_total", "Configuration reloads (SIGHUP, run --watch) by result: applied, unchanged, invalid (refused, the running configuration goes on), failed (a flow could not start).", &["result"]),
             cluster_up: gauge(&r, "kmirror_cluster_up", "1 when the cluster (source or target) answered kmirror's last metadata request.", &["cluster", "alias"]),
             cluster_errors: counter(&r, "kmirror_cluster_errors_total", "Failed metadata requests to a cluster by cause: authentication, sasl_mechanism, tls_certificate, tls_handshake, closed_at_once, unreachable.", &["cluster", "cause"]),
@@ -254,6 +261,8 @@ struct HealthState {
     flows: BTreeMap<String, (bool, usize)>,
     /// flow -> partitions held until their exactly-once position is derived
     unresolved: BTreeMap<String, usize>,
+    /// This process leads the control loops.
+    leader: bool,
 }
 
 impl Health {
@@ -283,6 +292,19 @@ impl Health {
     /// Registers a flow as not yet assigned.
     pub fn add_flow(&self, flow: &str) {
         self.set_flow(flow, false, 0);
+    }
+
+    /// Records whether this process leads the control loops (shown by
+    /// `/readyz`; not a readiness condition).
+    pub fn set_leader(&self, leads: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.leader = leads;
+        }
+    }
+
+    /// Whether this process leads the control loops.
+    pub fn leader(&self) -> bool {
+        self.state.lock().map(|s| s.leader).unwrap_or(false)
     }
 
     /// Forgets a flow (removed by a reload).
@@ -346,16 +368,17 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let leader = s.health.leader();
     match s.health.ready() {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            "{\"ready\":true}".to_string(),
+            serde_json::json!({"ready": true, "leader": leader}).to_string(),
         ),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({"ready": false, "reasons": why}).to_string(),
+            serde_json::json!({"ready": false, "leader": leader, "reasons": why}).to_string(),
         ),
     }
 }

@@ -213,6 +213,9 @@ pub struct ConfigSync {
     pub mirror: watch::Receiver<Arc<MirrorSet>>,
     /// Asks discovery to look again (after topics were created).
     pub refresh: Arc<Notify>,
+    /// Target configs and topics are changed only while this process
+    /// leads (asked before each run).
+    pub leader: crate::leader::Leader,
 }
 
 impl ConfigSync {
@@ -246,6 +249,7 @@ impl ConfigSync {
             }
         };
         let mut reported: HashSet<String> = HashSet::new();
+        let mut was_leader = false;
         let mut unreachable = false;
         let mut created_at: HashMap<String, std::time::Instant> = HashMap::new();
         let mut tick = tokio::time::interval(self.flow.sync_configs_interval);
@@ -259,6 +263,25 @@ impl ConfigSync {
             let set = self.mirror.borrow_and_update().clone();
             if set.is_empty() {
                 continue;
+            }
+            if !self.leader.is_leader() {
+                was_leader = false;
+                continue;
+            }
+            if !was_leader {
+                // Just became the leader: what the previous leader set is
+                // read again, so that no update of its is lost.
+                let (t, mt) = (self.target.clone(), managed_topic.clone());
+                match tokio::task::spawn_blocking(move || Managed::load(&t, &mt)).await? {
+                    Ok(m) => {
+                        managed = m;
+                        was_leader = true;
+                    }
+                    Err(e) => {
+                        warn!(flow = %self.flow.name, error = %e, "config sync: cannot read {managed_topic} after becoming the leader; retrying next tick");
+                        continue;
+                    }
+                }
             }
             // Nothing is asked of a cluster that is down (see
             // `kafka::reachable`); the next tick tries again.

@@ -30,7 +30,7 @@ pub mod eos;
 pub mod ledger;
 mod rebalance;
 pub mod slots;
-mod watchdog;
+pub(crate) mod watchdog;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

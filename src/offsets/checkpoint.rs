@@ -124,6 +124,9 @@ pub struct Checkpointer {
     pub metrics: Arc<Metrics>,
     /// The flow's mirror set.
     pub mirror: watch::Receiver<Arc<MirrorSet>>,
+    /// Checkpoints and group offsets are written only while this process
+    /// leads (asked before each write).
+    pub leader: crate::leader::Leader,
 }
 
 struct State {
@@ -174,6 +177,9 @@ impl Checkpointer {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
+            }
+            if !me.leader.is_leader() {
+                continue;
             }
             let set = me.mirror.borrow().clone();
             let (me2, cl, gr) = (me.clone(), clients.clone(), groups.clone());
@@ -265,6 +271,7 @@ impl Checkpointer {
             .flat_map(|m| (0..m.partitions).map(move |p| (m.source.clone(), p)))
             .collect();
         let cp_topic = checkpoints_topic(&self.source.alias);
+        let mut queued = Vec::new();
         for g in list.groups() {
             let group = g.name();
             if group.starts_with(&own) || !groups.matches(group) {
@@ -299,6 +306,10 @@ impl Checkpointer {
                             downstream_offset: down,
                             metadata: String::new(),
                         };
+                        if !self.leader.is_leader() {
+                            // The role moved: the new leader writes it.
+                            continue;
+                        }
                         let (k, v) = (cp.key(), cp.value());
                         let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&cp_topic)
                             .partition(0)
@@ -307,7 +318,8 @@ impl Checkpointer {
                         producer
                             .send(rec)
                             .map_err(|(e, _)| format!("cannot queue a checkpoint: {e}"))?;
-                        st.written.insert(key, (*c, down));
+                        // Written once acknowledged (after the flush).
+                        queued.push((key, (*c, down)));
                         self.metrics
                             .checkpoints
                             .with_label_values(&[&self.flow.name, group])
@@ -322,7 +334,7 @@ impl Checkpointer {
                     }
                 }
             }
-            if self.flow.sync_group_offsets && !translated.is_empty() {
+            if self.flow.sync_group_offsets && !translated.is_empty() && self.leader.is_leader() {
                 if let Err(e) = self.sync_group(group, &translated, st) {
                     if self.failed_once(st, format!("sync/{group}/{e}")) {
                         warn!(flow = %self.flow.name, group, error = %e, "group offset sync failed; retrying every interval");
@@ -333,6 +345,9 @@ impl Checkpointer {
         producer
             .flush(TIMEOUT)
             .map_err(|e| format!("checkpoints not acknowledged: {e}"))?;
+        // Acknowledged: not written again while unchanged. (A failed flush
+        // leaves them out, so the next run writes them again.)
+        st.written.extend(queued);
         Ok(())
     }
 

@@ -1,0 +1,144 @@
+//! End to end: one leader per direction for the control loops, elected
+//! through a Kafka group on the target. Two processes with the same flows:
+//! exactly one leads; when it is killed (-9) the other takes over within
+//! the session timeout and checkpoints go on.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+fn leads(listen: &str) -> Option<bool> {
+    let (_, body) = http_get(listen, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with("kmirror_leader "))
+        .map(|l| l.ends_with(" 1"))
+}
+
+fn commit_group(b: &Broker, group: &str, topic: &str, offsets: &[i64]) {
+    let c = b.consumer(Some(group));
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets.iter().enumerate() {
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(*o))
+            .unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+/// Waits until `offsets translate` shows these source offsets for `group`.
+fn wait_checkpoints(cfg: &std::path::Path, group: &str, want: &[i64]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out, _) = run_kmirror(&[
+            "offsets",
+            "translate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--group",
+            group,
+            "--format",
+            "json",
+        ]);
+        if code == 0 {
+            let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+            let ups: BTreeMap<i64, i64> = v["offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    (
+                        o["partition"].as_i64().unwrap(),
+                        o["source_offset"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            if want
+                .iter()
+                .enumerate()
+                .all(|(p, u)| ups.get(&(p as i64)) == Some(u))
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoints {want:?} for {group}: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn one_leader_and_it_moves_when_killed() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("led");
+    src.create_topic(&topic, 2, &[]);
+    src.produce(&topic, &numbered(0, 600, 2));
+    commit_group(&src, "app-led", &topic, &[100, 150]);
+    let dir = tempfile::tempdir().unwrap();
+    let (la, lb) = (http_listen(), http_listen());
+    let flow = |listen: &str| {
+        format!(
+            "[target.properties]\n\"session.timeout.ms\" = \"6000\"\n\n{}",
+            flow_toml(
+                listen,
+                &topic,
+                "groups = [\"app-.*\"]\ncheckpoint_interval = \"1s\""
+            )
+        )
+    };
+    let da = dir.path().join("a");
+    let db = dir.path().join("b");
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let ca = write_config(&da, &src, &dst, &flow(&la));
+    let cb = write_config(&db, &src, &dst, &flow(&lb));
+    let a = KmirrorProc::start(&ca, &da.join("kmirror.log"));
+    let b = KmirrorProc::start(&cb, &db.join("kmirror.log"));
+    wait_count(
+        &dst,
+        &format!("src.{topic}"),
+        600,
+        Duration::from_secs(60),
+        &a,
+    );
+
+    // Exactly one leads, and it stays so.
+    wait_until(
+        Duration::from_secs(30),
+        || matches!((leads(&la), leads(&lb)), (Some(x), Some(y)) if x != y),
+    );
+    for _ in 0..10 {
+        let (x, y) = (leads(&la).unwrap(), leads(&lb).unwrap());
+        assert!(x != y, "leaders: a={x} b={y}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_checkpoints(&ca, "app-led", &[100, 150]);
+
+    // Kill the leader: the other takes over and checkpoints go on.
+    let (mut leader, other, other_listen) = if leads(&la) == Some(true) {
+        (a, b, lb.clone())
+    } else {
+        (b, a, la.clone())
+    };
+    leader.kill9();
+    let t = Instant::now();
+    wait_until(Duration::from_secs(30), || {
+        leads(&other_listen) == Some(true)
+    });
+    let took = t.elapsed();
+    let (_, ready) = http_get(&other_listen, "/readyz").unwrap();
+    assert!(ready.contains("\"leader\":true"), "{ready}");
+    commit_group(&src, "app-led", &topic, &[200, 250]);
+    wait_checkpoints(&ca, "app-led", &[200, 250]);
+    assert!(
+        took < Duration::from_secs(20),
+        "the role took {took:?} to move (session timeout 6 s)\n{}",
+        other.log_text()
+    );
+}
