@@ -53,7 +53,10 @@ async fn ensure_internal_topics(
     loop {
         let mut failed = None;
         for (t, policy) in &topics {
-            let configs = [("cleanup.policy", *policy)];
+            let mut configs = vec![("cleanup.policy", *policy)];
+            if *policy == "delete" {
+                configs.push(("retention.ms", crate::offsets::SYNC_RETENTION_MS));
+            }
             if let Err(e) = discovery::create_topic(&admin, t, 1, -1, &configs)
                 .await
                 .map(|_| ())

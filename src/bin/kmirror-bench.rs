@@ -62,6 +62,16 @@ fn main() {
         println!("{n}");
         return;
     }
+    if args.get(1).map(String::as_str) == Some("restart") {
+        // Restart time with a long offset-sync history.
+        let points: usize = arg(&args, "--points", 2_000_000);
+        let history_partitions: usize = arg(&args, "--history-partitions", 1000);
+        if let Err(e) = restart_bench(points, history_partitions) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let a = Args {
         records: arg(&args, "--records", 500_000),
         size: arg(&args, "--size", 1024),
@@ -686,6 +696,125 @@ fn run(a: &Args) -> Result<(), String> {
             rss.max(rss2) as f64 / 1048576.0
         );
     }
+    Ok(())
+}
+
+/// `kmirror-bench restart --points N --history-partitions P`: the target's
+/// offset-sync topic holds N points of P partitions (the history of a long
+/// run: 30 days at P partitions is far more than N, and what a restart
+/// reads is bounded by `SYNC_READ_WINDOW` anyway), then kmirror starts on a
+/// fresh source topic and a committed group: prints the time from the
+/// start to the first checkpoint of that group, and kmirror's peak RSS.
+fn restart_bench(points: usize, history_partitions: usize) -> Result<(), String> {
+    use kmirror::offsets::codec::OffsetSync;
+    use rdkafka::consumer::CommitMode;
+    let dir = tempfile_dir()?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let kmirror = me.with_file_name("kmirror");
+    let src = Nisshi::start("restart-src", 0, Storage::Memory, &dir.join("src.log"))?;
+    let dst = Nisshi::start("restart-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
+    let syncs = kmirror::flow::offset_syncs_topic("src");
+    dst.create_topic(&syncs, 1, &[("cleanup.policy", "delete")])?;
+    let t = Instant::now();
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", dst.bootstrap())
+        .set("log_level", "3")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .create()
+        .map_err(|e| e.to_string())?;
+    for i in 0..points {
+        let part = (i % history_partitions) as i32;
+        let up = (i / history_partitions) as i64 * 1000;
+        let s = OffsetSync {
+            topic: format!("history-{}", part % 50),
+            partition: part,
+            upstream_offset: up,
+            downstream_offset: up,
+        };
+        let (k, v) = (s.key(), s.value());
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&syncs)
+            .partition(0)
+            .key(&k[..])
+            .payload(&v[..]);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "restart bench: {points} offset-sync points of {history_partitions} partitions written in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let topic = "orders";
+    src.create_topic(topic, 8, &[])?;
+    preload(&src.bootstrap(), topic, 8, 8000, 100);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", src.bootstrap())
+        .set("group.id", "app-restart")
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..8 {
+        tpl.add_partition_offset(topic, part, Offset::Offset(500))
+            .map_err(|e| e.to_string())?;
+    }
+    c.commit(&tpl, CommitMode::Sync)
+        .map_err(|e| e.to_string())?;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.join("restart.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n[http]\nlisten = \"{listen}\"\n[[flow]]\nname = \"f\"\ntopics = [\"{topic}\"]\ngroups = [\"app-.*\"]\ncheckpoint_interval = \"1s\"\nrefresh_topics_interval = \"1s\"\n",
+            src.bootstrap(),
+            dst.bootstrap()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut km = Command::new(&kmirror)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("kmirror-restart.log")).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = loop {
+        let text = metrics_text(&listen);
+        let done = text.lines().any(|l| {
+            l.starts_with("kmirror_checkpoints_total{")
+                && l.contains("app-restart")
+                && !l.ends_with(" 0")
+        });
+        if done {
+            break Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            break Err("no checkpoint within 600 s".to_string());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (_, rss) = proc_stats(km.id());
+    let _ = km.kill();
+    let _ = km.wait();
+    let took = result?;
+    println!(
+        "restart bench: first checkpoint {:.1}s after start with {points} points in the offset-sync topic (a restart reads at most the newest {}); kmirror peak RSS {:.1} MiB",
+        took.as_secs_f64(),
+        kmirror::offsets::SYNC_READ_WINDOW,
+        rss as f64 / 1048576.0
+    );
     Ok(())
 }
 

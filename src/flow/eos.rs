@@ -111,7 +111,7 @@ impl Resolver {
         &mut self,
         topic: &str,
     ) -> anyhow::Result<HashMap<(String, i32), (i64, i64)>> {
-        self.syncs_follower = Some(Follower::new(topic));
+        self.syncs_follower = Some(Follower::tail(topic, crate::offsets::SYNC_READ_WINDOW));
         if let Err(e) = self.catch_up_syncs() {
             self.reconnect();
             anyhow::bail!("cannot read {topic} on the target: {e}");
@@ -123,22 +123,24 @@ impl Resolver {
         let Some(f) = self.syncs_follower.as_mut() else {
             return Ok(());
         };
-        let recs = f.poll(&self.target)?;
-        for m in recs {
-            if let (Some(k), Some(v)) = (m.key(), m.payload()) {
-                if let Ok(s) = OffsetSync::decode(k, v) {
-                    // The last written wins: after a target topic was
-                    // deleted and created again, its new points have
-                    // smaller target offsets than the old ones. (An older
-                    // point is always safe to start from: the walk is
-                    // only longer.)
-                    self.syncs.insert(
-                        (s.topic, s.partition),
-                        (s.upstream_offset, s.downstream_offset),
-                    );
+        let syncs = &mut self.syncs;
+        f.poll_chunks(&self.target, 50_000, |recs| {
+            for m in recs {
+                if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                    if let Ok(s) = OffsetSync::decode(k, v) {
+                        // The last written wins: after a target topic was
+                        // deleted and created again, its new points have
+                        // smaller target offsets than the old ones. (An
+                        // older point is always safe to start from: the
+                        // walk is only longer.)
+                        syncs.insert(
+                            (s.topic, s.partition),
+                            (s.upstream_offset, s.downstream_offset),
+                        );
+                    }
                 }
             }
-        }
+        })?;
         Ok(())
     }
 

@@ -524,14 +524,24 @@ pub fn reader(
 pub struct Follower {
     topic: String,
     pos: i64,
+    /// The first poll reads at most this many records (the newest).
+    window: i64,
 }
 
 impl Follower {
     /// Starts at the beginning of `topic`.
     pub fn new(topic: impl Into<String>) -> Self {
+        Self::tail(topic, i64::MAX)
+    }
+
+    /// Starts `window` records before the end of `topic` (or at its
+    /// beginning when it holds fewer): what a restart reads is bounded
+    /// whatever the topic's age.
+    pub fn tail(topic: impl Into<String>, window: i64) -> Self {
         Self {
             topic: topic.into(),
-            pos: 0,
+            pos: -1,
+            window: window.max(1),
         }
     }
 
@@ -549,13 +559,60 @@ impl Follower {
         let (lo, hi) = c
             .fetch_watermarks(&self.topic, 0, timeout)
             .map_err(|e| e.to_string())?;
-        let from = self.pos.max(lo);
+        let start = if self.pos < 0 {
+            hi.saturating_sub(self.window)
+        } else {
+            self.pos
+        };
+        let from = start.max(lo);
         if from >= hi {
+            self.pos = self.pos.max(from);
             return Ok(Vec::new());
         }
         let recs = read_range(c, &self.topic, 0, from, hi)?;
         self.pos = hi;
         Ok(recs)
+    }
+
+    /// Like [`Follower::poll`], handing the new records to `f` in chunks
+    /// of at most `chunk` (memory stays bounded by the chunk); returns how
+    /// many were read. A failed chunk keeps the position after the last
+    /// chunk handed over.
+    pub fn poll_chunks(
+        &mut self,
+        c: &BaseConsumer<KContext>,
+        chunk: i64,
+        mut f: impl FnMut(&[OwnedMessage]),
+    ) -> Result<usize, String> {
+        let timeout = Duration::from_secs(10);
+        let md = c.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
+        if !md
+            .topics()
+            .iter()
+            .any(|t| t.name() == self.topic && !t.partitions().is_empty())
+        {
+            return Ok(0);
+        }
+        let (lo, hi) = c
+            .fetch_watermarks(&self.topic, 0, timeout)
+            .map_err(|e| e.to_string())?;
+        let start = if self.pos < 0 {
+            hi.saturating_sub(self.window)
+        } else {
+            self.pos
+        };
+        let mut from = start.max(lo);
+        let mut n = 0;
+        while from < hi {
+            let to = hi.min(from.saturating_add(chunk.max(1)));
+            let recs = read_range(c, &self.topic, 0, from, to)?;
+            n += recs.len();
+            f(&recs);
+            from = to;
+            self.pos = to;
+        }
+        self.pos = self.pos.max(from);
+        Ok(n)
     }
 }
 

@@ -144,7 +144,10 @@ impl Checkpointer {
         let me = Arc::new(self);
         let state = State {
             store: OffsetSyncStore::new(MAX_POINTS_PER_PARTITION),
-            syncs: Follower::new(offset_syncs_topic(&me.source.alias)),
+            syncs: Follower::tail(
+                offset_syncs_topic(&me.source.alias),
+                super::SYNC_READ_WINDOW,
+            ),
             written: HashMap::new(),
             warned: HashSet::new(),
         };
@@ -251,9 +254,11 @@ impl Checkpointer {
         set: &MirrorSet,
         st: &mut State,
     ) -> Result<(), String> {
-        let recs = st.syncs.poll(dst)?;
-        feed(&mut st.store, &recs);
-        debug!(flow = %self.flow.name, new_points = recs.len(), stored = st.store.len(), topics = set.len(), "checkpoint run");
+        let store = &mut st.store;
+        let read = st
+            .syncs
+            .poll_chunks(dst, 50_000, |recs| feed(store, recs))?;
+        debug!(flow = %self.flow.name, new_points = read, stored = st.store.len(), topics = set.len(), "checkpoint run");
         if set.is_empty() {
             return Ok(());
         }

@@ -3,5 +3,20 @@
 //! exact translation, and the checkpoint loop.
 
 pub mod checkpoint;
+
+/// How many of the newest offset-sync points a process reads when it
+/// starts (checkpoints, exactly-once resume): what a restart reads, and
+/// the memory it takes, stay bounded however long kmirror has run. A
+/// group committed before the oldest point read gets no checkpoint until
+/// it commits again (translation is never ahead); an exactly-once
+/// partition whose last point is older derives its position from the
+/// target partition itself.
+pub const SYNC_READ_WINDOW: i64 = 1_000_000;
+
+/// `retention.ms` of the offset-sync topic when kmirror creates it: 7
+/// days, set explicitly so that a cluster whose default keeps records for
+/// ever does not grow it without bound.
+pub const SYNC_RETENTION_MS: &str = "604800000";
+
 pub mod codec;
 pub mod store;
