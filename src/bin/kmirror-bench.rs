@@ -62,6 +62,16 @@ fn main() {
         println!("{n}");
         return;
     }
+    if args.get(1).map(String::as_str) == Some("points") {
+        // Offset-sync points written per partition, under load and idle.
+        let secs: u64 = arg(&args, "--seconds", 60);
+        let rate: u64 = arg(&args, "--rate", 2000);
+        if let Err(e) = points_bench(secs, rate) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("restart") {
         // Restart time with a long offset-sync history.
         let points: usize = arg(&args, "--points", 2_000_000);
@@ -814,6 +824,80 @@ fn restart_bench(points: usize, history_partitions: usize) -> Result<(), String>
         took.as_secs_f64(),
         kmirror::offsets::SYNC_READ_WINDOW,
         rss as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+/// `kmirror-bench points --seconds S --rate R`: kmirror mirrors a topic of
+/// 8 partitions fed R records/s for S seconds, then idle for S seconds;
+/// prints the offset-sync points written per partition per hour in each
+/// phase.
+fn points_bench(secs: u64, rate: u64) -> Result<(), String> {
+    let dir = tempfile_dir()?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let kmirror = me.with_file_name("kmirror");
+    let src = Nisshi::start("points-src", 0, Storage::Memory, &dir.join("src.log"))?;
+    let dst = Nisshi::start("points-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
+    let topic = "steady";
+    let parts = 8;
+    src.create_topic(topic, parts, &[])?;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cfg = kmirror_config(
+        &dir,
+        &src.bootstrap(),
+        &dst.bootstrap(),
+        topic,
+        &listen,
+        "points",
+    );
+    let mut km = Command::new(&kmirror)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(5));
+    let syncs = kmirror::flow::offset_syncs_topic("src");
+    let count = || records_in(&dst.bootstrap(), &syncs);
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", src.bootstrap())
+        .set("log_level", "3")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let before = count();
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while t.elapsed() < Duration::from_secs(secs) {
+        let due = (t.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            let key = format!("k{sent}");
+            let rec: BaseRecord<'_, String, [u8]> = BaseRecord::to(topic)
+                .partition((sent % parts as u64) as i32)
+                .key(&key)
+                .payload(&b"x"[..]);
+            if p.send(rec).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = p.flush(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    let loaded = count() - before;
+    let idle_from = count();
+    std::thread::sleep(Duration::from_secs(secs));
+    let idle = count() - idle_from;
+    let _ = km.kill();
+    let _ = km.wait();
+    let per_hour = |n: i64, s: u64| n as f64 / parts as f64 * 3600.0 / s as f64;
+    println!(
+        "points bench: {rate} records/s over {parts} partitions for {secs}s: {:.0} points per partition per hour; idle {secs}s: {:.0} per partition per hour ({loaded} and {idle} points)",
+        per_hour(loaded, secs + 3),
+        per_hour(idle, secs)
     );
     Ok(())
 }
