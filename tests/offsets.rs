@@ -493,3 +493,47 @@ fn exactly_once_resume_writes_the_points_of_records_found_in_the_target() {
     let after = consume_rest(&dst, "app-lost", &target, 3);
     assert_exact(&src, &topic, &commits, &after);
 }
+
+/// MM2's rule for a group committed where nothing was mirrored before its
+/// offset: an empty partition (committed 0) and a commit at the source's
+/// start get a checkpoint to the target partition's start, never ahead.
+#[test]
+fn empty_partitions_and_commits_at_the_start_get_a_checkpoint() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("empty");
+    let target = format!("src.{topic}");
+    src.create_topic(&topic, 3, &[]);
+    // Records in partition 0 only; 1 and 2 stay empty.
+    let recs: Vec<Rec> = numbered(0, 300, 3)
+        .into_iter()
+        .filter(|r| r.partition == 0)
+        .collect();
+    src.produce(&topic, &recs);
+    commit_group(&src, "app-empty", &topic, &[40, 0, 0]);
+    // A group committed at the start of partition 0 as well.
+    commit_group(&src, "app-start", &topic, &[0, 0, 0]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &src,
+        &dst,
+        &flow(&topic, "sync_group_offsets = true"),
+    );
+    let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    wait_count(
+        &dst,
+        &target,
+        recs.len() as i64,
+        Duration::from_secs(60),
+        &k,
+    );
+    wait_checkpoints(&cfg, "app-empty", &[40, 0, 0], &k);
+    wait_checkpoints(&cfg, "app-start", &[0, 0, 0], &k);
+    let (code, out) = apply(&cfg, "app-start", false);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(committed(&dst, "app-start", &target, 3), vec![0, 0, 0]);
+    let (code, out) = apply(&cfg, "app-empty", false);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(committed(&dst, "app-empty", &target, 3), vec![40, 0, 0]);
+}

@@ -51,6 +51,29 @@ pub fn group_client(c: &ClusterConfig, group: &str) -> Result<BaseConsumer<KCont
 }
 
 /// Loads every offset-sync point persisted on the target into a store.
+/// MM2's rule for a group committed where nothing was mirrored before its
+/// offset: the committed offset is at or before the source partition's
+/// start (an empty partition, a commit at the source's start, or records
+/// removed by retention), so nothing the group skipped can be in the
+/// target: it resumes at the target partition's start. Never ahead: every
+/// record of the target partition comes from the source partition. `None`
+/// when the offset is after the source's start or a watermark is unknown.
+fn before_everything(
+    src: &BaseConsumer<KContext>,
+    dst: &BaseConsumer<KContext>,
+    topic: &str,
+    target: &str,
+    partition: i32,
+    committed: i64,
+) -> Option<i64> {
+    let (slo, _) = src.fetch_watermarks(topic, partition, TIMEOUT).ok()?;
+    if committed > slo {
+        return None;
+    }
+    let (tlo, _) = dst.fetch_watermarks(target, partition, TIMEOUT).ok()?;
+    Some(tlo)
+}
+
 fn feed(store: &mut OffsetSyncStore, recs: &[rdkafka::message::OwnedMessage]) {
     for m in recs {
         if let (Some(k), Some(v)) = (m.key(), m.payload()) {
@@ -296,7 +319,11 @@ impl Checkpointer {
             let mut translated: BTreeMap<(String, i32), i64> = BTreeMap::new();
             for ((topic, p), c) in &offsets {
                 let Some(m) = set.get(topic) else { continue };
-                match st.store.translate(topic, *p, *c) {
+                let down = st
+                    .store
+                    .translate(topic, *p, *c)
+                    .or_else(|| before_everything(src, dst, topic, &m.target, *p, *c));
+                match down {
                     Some(down) => {
                         translated.insert((m.target.clone(), *p), down);
                         let key = (group.to_string(), m.target.clone(), *p);
