@@ -196,6 +196,6 @@ pub fn run(
     leader.polled(false);
     set(false);
     // Leaving the group hands the role over at once.
-    let _ = consumer.unsubscribe();
+    consumer.unsubscribe();
     Ok(())
 }
