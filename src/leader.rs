@@ -117,14 +117,10 @@ impl Leader {
 /// The source consumer's session timeout from the target's properties
 /// (`session.timeout.ms`), else 45 s: the election group's.
 fn session_of(config: &Config) -> Duration {
-    let ms = config
+    config
         .target
-        .properties
-        .iter()
-        .find(|(k, _)| *k == "session.timeout.ms")
-        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .unwrap_or(45_000);
-    Duration::from_millis(ms.max(1000))
+        .ms_property("session.timeout.ms", 45_000)
+        .max(Duration::from_secs(1))
 }
 
 /// A [`Leader`] with the session timeout the election will use.

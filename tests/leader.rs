@@ -5,71 +5,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 fn leads(listen: &str) -> Option<bool> {
     let (_, body) = http_get(listen, "/metrics")?;
     body.lines()
         .find(|l| l.starts_with("kmirror_leader "))
         .map(|l| l.ends_with(" 1"))
-}
-
-fn commit_group(b: &Broker, group: &str, topic: &str, offsets: &[i64]) {
-    let c = b.consumer(Some(group));
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in offsets.iter().enumerate() {
-        tpl.add_partition_offset(topic, p as i32, Offset::Offset(*o))
-            .unwrap();
-    }
-    c.commit(&tpl, CommitMode::Sync).unwrap();
-}
-
-/// Waits until `offsets translate` shows these source offsets for `group`.
-fn wait_checkpoints(cfg: &std::path::Path, group: &str, want: &[i64]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, out, _) = run_kmirror(&[
-            "offsets",
-            "translate",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--group",
-            group,
-            "--format",
-            "json",
-        ]);
-        if code == 0 {
-            let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-            let ups: BTreeMap<i64, i64> = v["offsets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| {
-                    (
-                        o["partition"].as_i64().unwrap(),
-                        o["source_offset"].as_i64().unwrap(),
-                    )
-                })
-                .collect();
-            if want
-                .iter()
-                .enumerate()
-                .all(|(p, u)| ups.get(&(p as i64)) == Some(u))
-            {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoints {want:?} for {group}: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]
@@ -118,7 +62,7 @@ fn one_leader_and_it_moves_when_killed() {
         assert!(x != y, "leaders: a={x} b={y}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    wait_checkpoints(&ca, "app-led", &[100, 150]);
+    wait_checkpoints(&ca, "app-led", &[100, 150], &a);
 
     // Kill the leader: the other takes over and checkpoints go on.
     let (mut leader, other, other_listen) = if leads(&la) == Some(true) {
@@ -135,7 +79,7 @@ fn one_leader_and_it_moves_when_killed() {
     let (_, ready) = http_get(&other_listen, "/readyz").unwrap();
     assert!(ready.contains("\"leader\":true"), "{ready}");
     commit_group(&src, "app-led", &topic, &[200, 250]);
-    wait_checkpoints(&ca, "app-led", &[200, 250]);
+    wait_checkpoints(&ca, "app-led", &[200, 250], &other);
     assert!(
         took < Duration::from_secs(20),
         "the role took {took:?} to move (session timeout 6 s)\n{}",

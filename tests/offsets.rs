@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
 use kmirror::offsets::codec::{Checkpoint, OffsetSync};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -21,32 +21,6 @@ fn group_consumer(b: &Broker, group: &str) -> BaseConsumer {
         .set("log_level", "3")
         .create()
         .unwrap()
-}
-
-/// Commits offsets for `group` (as a consumer that read up to them).
-fn commit_group(b: &Broker, group: &str, topic: &str, offsets: &[i64]) {
-    let c = group_consumer(b, group);
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in offsets.iter().enumerate() {
-        tpl.add_partition_offset(topic, p as i32, Offset::Offset(*o))
-            .unwrap();
-    }
-    c.commit(&tpl, CommitMode::Sync).unwrap();
-}
-
-fn committed(b: &Broker, group: &str, topic: &str, parts: i32) -> Vec<i64> {
-    let c = group_consumer(b, group);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts {
-        tpl.add_partition(topic, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    (0..parts)
-        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
 }
 
 /// Joins `group` on `b`, reads `topic` from the group's committed offsets
@@ -102,51 +76,6 @@ fn apply(cfg: &std::path::Path, group: &str, dry_run: bool) -> (i32, String) {
         args.push("--dry-run");
     }
     kmirror(&args)
-}
-
-/// Waits until `offsets translate` shows a checkpoint with these source
-/// offsets for every partition.
-fn wait_checkpoints(cfg: &std::path::Path, group: &str, want_upstream: &[i64], k: &KmirrorProc) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, out) = kmirror(&[
-            "offsets",
-            "translate",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--group",
-            group,
-            "--format",
-            "json",
-        ]);
-        if code == 0 {
-            let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-            let ups: BTreeMap<i64, i64> = v["offsets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| {
-                    (
-                        o["partition"].as_i64().unwrap(),
-                        o["source_offset"].as_i64().unwrap(),
-                    )
-                })
-                .collect();
-            if want_upstream
-                .iter()
-                .enumerate()
-                .all(|(p, u)| ups.get(&(p as i64)) == Some(u))
-            {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoints for {group}: {out}\nkmirror log:\n{}",
-            k.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// DeleteRecords: each (partition, offset) loses the records before offset.

@@ -11,8 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 /// A test CA and certificates signed by it, made with the `openssl` CLI.
 struct Pki {
@@ -231,25 +229,6 @@ fn kmirror_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
-fn group_consumer(b: &Broker, group: &str) -> BaseConsumer {
-    b.consumer(Some(group))
-}
-
-fn committed(b: &Broker, group: &str, topic: &str, parts: i32) -> Vec<i64> {
-    let c = group_consumer(b, group);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts {
-        tpl.add_partition(topic, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    (0..parts)
-        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
-}
-
 /// Both clusters demand TLS and SCRAM (SHA-512 on the source, SHA-256 on
 /// the target; the source password from a secret file, the target's from
 /// the environment): `validate --connect` reaches both, and the data path,
@@ -269,13 +248,7 @@ fn tls_and_scram_on_both_sides_mirror_sync_and_checkpoint() {
     );
     src.produce(&topic, &numbered(0, 3000, 3));
     let group = "payments-app";
-    let c = group_consumer(&src, group);
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in [(0, 400), (1, 500), (2, 600)] {
-        tpl.add_partition_offset(&topic, p, Offset::Offset(o))
-            .unwrap();
-    }
-    c.commit(&tpl, CommitMode::Sync).unwrap();
+    commit_group(&src, group, &topic, &[400, 500, 600]);
 
     let dir = tempfile::tempdir().unwrap();
     let pw_file = dir.path().join("src-password");

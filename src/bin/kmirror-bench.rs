@@ -161,32 +161,46 @@ fn print_threads(name: &str, threads: &[(u32, String, f64)]) {
 }
 
 fn preload(bootstrap: &str, topic: &str, partitions: i32, n: usize, size: usize) {
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let p = bulk_producer(bootstrap);
+    let payload = vec![b'x'; size];
+    for i in 0..n {
+        let key = format!("k{i}");
+        let rec: BaseRecord<'_, String, [u8]> = BaseRecord::to(topic)
+            .partition((i % partitions as usize) as i32)
+            .key(&key)
+            .payload(&payload[..]);
+        send_retrying(&p, rec);
+    }
+    p.flush(Duration::from_secs(300)).expect("preload flush");
+}
+
+/// A producer for loading data fast (linger 20 ms, 1 MB batches).
+fn bulk_producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "3")
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.kbytes", "262144")
         .create()
-        .unwrap();
-    let payload = vec![b'x'; size];
-    for i in 0..n {
-        let key = format!("k{i}");
-        let mut rec: BaseRecord<'_, String, [u8]> = BaseRecord::to(topic)
-            .partition((i % partitions as usize) as i32)
-            .key(&key)
-            .payload(&payload[..]);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+        .expect("bulk producer")
+}
+
+/// Sends `rec`, waiting while the producer queue is full.
+fn send_retrying<K, P>(p: &ThreadedProducer<DefaultProducerContext>, mut rec: BaseRecord<'_, K, P>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
-    p.flush(Duration::from_secs(300)).expect("preload flush");
 }
 
 /// The raw pipe (child mode): reads `n` records, writes them, exits after
@@ -726,14 +740,7 @@ fn restart_bench(points: usize, history_partitions: usize) -> Result<(), String>
     let syncs = kmirror::flow::offset_syncs_topic("src");
     dst.create_topic(&syncs, 1, &[("cleanup.policy", "delete")])?;
     let t = Instant::now();
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", dst.bootstrap())
-        .set("log_level", "3")
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.kbytes", "262144")
-        .create()
-        .map_err(|e| e.to_string())?;
+    let p = bulk_producer(&dst.bootstrap());
     for i in 0..points {
         let part = (i % history_partitions) as i32;
         let up = (i / history_partitions) as i64 * 1000;
@@ -744,19 +751,11 @@ fn restart_bench(points: usize, history_partitions: usize) -> Result<(), String>
             downstream_offset: up,
         };
         let (k, v) = (s.key(), s.value());
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&syncs)
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&syncs)
             .partition(0)
             .key(&k[..])
             .payload(&v[..]);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        send_retrying(&p, rec);
     }
     p.flush(Duration::from_secs(600))
         .map_err(|e| e.to_string())?;

@@ -60,6 +60,18 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// A duration property in milliseconds (`session.timeout.ms`, ...)
+    /// from `properties`, else `default_ms`.
+    pub fn ms_property(&self, key: &str, default_ms: u64) -> std::time::Duration {
+        let ms = self
+            .properties
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            .unwrap_or(default_ms);
+        std::time::Duration::from_millis(ms)
+    }
+
     /// The properties that turn TLS certificate verification off
     /// (`enable.ssl.certificate.verification = false`,
     /// `ssl.endpoint.identification.algorithm = none`): explicit keys

@@ -430,25 +430,15 @@ fn produce_syncs(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>, deadline: I
 /// The source consumer's session timeout (`session.timeout.ms` of
 /// `[source.properties]`, else kmirror's default, 45 s).
 fn session_timeout(source: &ClusterConfig) -> Duration {
-    let ms = source
-        .properties
-        .iter()
-        .find(|(k, _)| *k == "session.timeout.ms")
-        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .unwrap_or(45_000);
-    Duration::from_millis(ms.max(1000))
+    source
+        .ms_property("session.timeout.ms", 45_000)
+        .max(Duration::from_secs(1))
 }
 
 /// The source consumer's heartbeat interval (`heartbeat.interval.ms` of
 /// `[source.properties]`, else librdkafka's default, 3 s).
 fn heartbeat_interval(source: &ClusterConfig) -> Duration {
-    let ms = source
-        .properties
-        .iter()
-        .find(|(k, _)| *k == "heartbeat.interval.ms")
-        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .unwrap_or(3_000);
-    Duration::from_millis(ms)
+    source.ms_property("heartbeat.interval.ms", 3_000)
 }
 
 /// How a run of the flow ended.

@@ -547,31 +547,9 @@ impl Follower {
 
     /// New records since the last call.
     pub fn poll(&mut self, c: &BaseConsumer<KContext>) -> Result<Vec<OwnedMessage>, String> {
-        let timeout = Duration::from_secs(10);
-        let md = c.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
-        if !md
-            .topics()
-            .iter()
-            .any(|t| t.name() == self.topic && !t.partitions().is_empty())
-        {
-            return Ok(Vec::new());
-        }
-        let (lo, hi) = c
-            .fetch_watermarks(&self.topic, 0, timeout)
-            .map_err(|e| e.to_string())?;
-        let start = if self.pos < 0 {
-            hi.saturating_sub(self.window)
-        } else {
-            self.pos
-        };
-        let from = start.max(lo);
-        if from >= hi {
-            self.pos = self.pos.max(from);
-            return Ok(Vec::new());
-        }
-        let recs = read_range(c, &self.topic, 0, from, hi)?;
-        self.pos = hi;
-        Ok(recs)
+        let mut all = Vec::new();
+        self.poll_chunks(c, i64::MAX, |recs| all.extend_from_slice(recs))?;
+        Ok(all)
     }
 
     /// Like [`Follower::poll`], handing the new records to `f` in chunks

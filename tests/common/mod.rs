@@ -597,3 +597,78 @@ pub fn assert_exact_copy(src: &Broker, topic: &str, dst: &Broker, target: &str) 
         }
     }
 }
+
+/// Commits `offsets` (one per partition, from 0) for `group` on `b`, as a
+/// consumer that read up to them.
+pub fn commit_group(b: &Broker, group: &str, topic: &str, offsets: &[i64]) {
+    use rdkafka::consumer::CommitMode;
+    let c = b.consumer(Some(group));
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets.iter().enumerate() {
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(*o))
+            .unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+/// The committed offsets of `group` on `b` for partitions `0..parts` (-1:
+/// none).
+pub fn committed(b: &Broker, group: &str, topic: &str, parts: i32) -> Vec<i64> {
+    let c = b.consumer(Some(group));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..parts)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Waits until `kmirror offsets translate` shows a checkpoint with these
+/// source offsets (one per partition, from 0) for `group`.
+pub fn wait_checkpoints(cfg: &Path, group: &str, want_upstream: &[i64], k: &KmirrorProc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out, _) = run_kmirror(&[
+            "offsets",
+            "translate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--group",
+            group,
+            "--format",
+            "json",
+        ]);
+        if code == 0 {
+            let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+            let ups: std::collections::BTreeMap<i64, i64> = v["offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    (
+                        o["partition"].as_i64().unwrap(),
+                        o["source_offset"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            if want_upstream
+                .iter()
+                .enumerate()
+                .all(|(p, u)| ups.get(&(p as i64)) == Some(u))
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoints {want_upstream:?} for {group}: {out}\nkmirror log:\n{}",
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
