@@ -466,3 +466,41 @@ fn empty_partitions_and_commits_at_the_start_get_a_checkpoint() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(committed(&dst, "app-empty", &target, 3), vec![40, 0, 0]);
 }
+
+/// Checkpoints recover after a target outage: the target broker (durable
+/// storage) is killed mid-run and restarted; a group that commits after
+/// it is back gets its checkpoint (the loop reads with fresh clients after
+/// a failed run, and leadership is won again).
+#[test]
+fn checkpoints_recover_after_a_target_outage() {
+    let src = Broker::start(&unique("src"));
+    let mut dst = Broker::start_sqlite(&unique("dst"));
+    let topic = unique("outage");
+    let target = format!("src.{topic}");
+    src.create_topic(&topic, 2, &[("retention.ms", "-1")]);
+    src.produce(&topic, &numbered(0, 1000, 2));
+    commit_group(&src, "app-outage", &topic, &[100, 100]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &src,
+        &dst,
+        &format!(
+            "[target.properties]\n\"session.timeout.ms\" = \"6000\"\n\n{}",
+            flow(&topic, "")
+        ),
+    );
+    let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    wait_count(&dst, &target, 1000, Duration::from_secs(60), &k);
+    wait_checkpoints(&cfg, "app-outage", &[100, 100], &k);
+    dst.kill();
+    std::thread::sleep(Duration::from_secs(15));
+    dst.restart();
+    commit_group(&src, "app-outage", &topic, &[300, 400]);
+    wait_checkpoints(&cfg, "app-outage", &[300, 400], &k);
+    let log = k.log_text();
+    assert!(
+        log.matches("checkpoint run failed").count() <= 1,
+        "one warning per failure, not one per interval:\n{log}"
+    );
+}
