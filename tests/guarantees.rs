@@ -230,7 +230,7 @@ fn a_source_topic_is_mirrored_by_one_flow_only() {
     src.produce(&topic, &numbered(0, 4000, 2));
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[[flow]]\nname = \"a\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n\n\
+        "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"a\"\ntopics = [\"{topic}\"]\nrefresh_topics_interval = \"1s\"\n\n\
          [[flow]]\nname = \"b\"\ntopics = [\"{topic}.*\"]\nrename = \"{{topic}}.b\"\ndelivery = \"exactly-once\"\nrefresh_topics_interval = \"1s\"\n"
     );
     let cfg = write_config(dir.path(), &src, &dst, &text);
@@ -518,7 +518,7 @@ fn a_deleted_target_topic_is_recreated_and_mirroring_goes_on() {
     src.produce(&t2, &numbered(0, 2000, 2));
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[[flow]]\nname = \"alo\"\ntopics = [\"{t1}\"]\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"2s\"\n\n\
+        "[http]\nlisten = \"\"\n\n[[flow]]\nname = \"alo\"\ntopics = [\"{t1}\"]\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"2s\"\n\n\
          [[flow]]\nname = \"eos\"\ntopics = [\"{t2}\"]\ndelivery = \"exactly-once\"\nrefresh_topics_interval = \"1s\"\nsync_configs_interval = \"2s\"\n"
     );
     let cfg = write_config(dir.path(), &src, &dst, &text);
