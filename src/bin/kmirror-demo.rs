@@ -147,7 +147,18 @@ fn run(duration: Option<Duration>) -> Result<(), String> {
     {
         let s = shutdown.clone();
         rt.spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            // Ctrl-C or SIGTERM: stop kmirror, then the brokers (on drop).
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
             s.cancel();
         });
     }
