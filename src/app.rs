@@ -184,10 +184,7 @@ pub async fn run_reloadable(
         refresh: Arc::new(tokio::sync::Notify::new()),
         flows: BTreeMap::new(),
         shared: Vec::new(),
-        leader: crate::leader::leader_for(&config),
-        election: None,
     };
-    engine.start_election();
     for f in &config.flows {
         engine.start_flow(f)?;
     }
@@ -230,6 +227,8 @@ struct Task {
 /// A running flow: its mirror-set sender (owned across
 /// discovery restarts) and its three tasks.
 struct FlowTasks {
+    /// Whether this process leads the flow's control loops.
+    leader: crate::leader::Leader,
     tx: watch::Sender<Arc<MirrorSet>>,
     tasks: Vec<Task>,
 }
@@ -246,11 +245,6 @@ struct Engine {
     flows: BTreeMap<String, FlowTasks>,
     /// Discovery and heartbeats.
     shared: Vec<Task>,
-    /// Whether this process leads the control loops (one per process,
-    /// kept across reloads).
-    leader: crate::leader::Leader,
-    /// The election (restarted when the clusters change).
-    election: Option<Task>,
 }
 
 impl Engine {
@@ -288,6 +282,7 @@ impl Engine {
     fn start_flow(&mut self, f: &FlowConfig) -> anyhow::Result<()> {
         let token = self.shutdown.child_token();
         let (tx, rx) = watch::channel(Arc::new(MirrorSet::new()));
+        let leader = crate::leader::leader_for(&self.config);
         let cfg = &self.config;
         let sync = ConfigSync {
             flow: f.clone(),
@@ -296,7 +291,7 @@ impl Engine {
             metrics: self.metrics.clone(),
             mirror: rx.clone(),
             refresh: self.refresh.clone(),
-            leader: self.leader.clone(),
+            leader: leader.clone(),
         };
         let cp = crate::offsets::checkpoint::Checkpointer {
             flow: f.clone(),
@@ -304,7 +299,7 @@ impl Engine {
             target: cfg.target.clone(),
             metrics: self.metrics.clone(),
             mirror: rx.clone(),
-            leader: self.leader.clone(),
+            leader: leader.clone(),
         };
         self.health.add_flow(&f.name);
         let rep = Replicator {
@@ -317,7 +312,25 @@ impl Engine {
             mirror: rx,
         };
         let t = token.clone();
+        let election = {
+            let (cfg, name, l, metrics, health, t) = (
+                self.config.clone(),
+                f.name.clone(),
+                leader.clone(),
+                self.metrics.clone(),
+                self.health.clone(),
+                token.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::leader::run(&cfg, &name, l, metrics, health, t)
+            })
+        };
         let tasks = vec![
+            self.monitor(
+                format!("leader election {}", f.name),
+                token.clone(),
+                election,
+            ),
             self.monitor(
                 format!("config sync {}", f.name),
                 token.clone(),
@@ -334,7 +347,8 @@ impl Engine {
                 tokio::task::spawn_blocking(move || rep.run(t)),
             ),
         ];
-        self.flows.insert(f.name.clone(), FlowTasks { tx, tasks });
+        self.flows
+            .insert(f.name.clone(), FlowTasks { leader, tx, tasks });
         Ok(())
     }
 
@@ -364,6 +378,14 @@ impl Engine {
             token.clone(),
             tokio::spawn(disc.run(token.clone())),
         );
+        // The heartbeats are written by the leader of the first flow.
+        let first_leader = self
+            .config
+            .flows
+            .first()
+            .and_then(|f| self.flows.get(&f.name))
+            .map(|ft| ft.leader.clone())
+            .unwrap_or_else(|| crate::leader::Leader::new(Duration::from_secs(1)));
         let token = self.shutdown.child_token();
         let h = self.monitor(
             "heartbeats".into(),
@@ -371,27 +393,11 @@ impl Engine {
             tokio::spawn(heartbeats(
                 self.config.clone(),
                 self.metrics.clone(),
-                self.leader.clone(),
+                first_leader,
                 token.clone(),
             )),
         );
         self.shared = vec![d, h];
-    }
-
-    /// The leader election, on a blocking thread.
-    fn start_election(&mut self) {
-        let token = self.shutdown.child_token();
-        let (cfg, leader, metrics, health, t) = (
-            self.config.clone(),
-            self.leader.clone(),
-            self.metrics.clone(),
-            self.health.clone(),
-            token.clone(),
-        );
-        let handle = tokio::task::spawn_blocking(move || {
-            crate::leader::run(&cfg, leader, metrics, health, t)
-        });
-        self.election = Some(self.monitor("leader election".into(), token, handle));
     }
 
     /// Cancels `tasks` and waits for them (at most `shutdown_timeout`).
@@ -448,10 +454,7 @@ impl Engine {
         }
         // Stop first (drain, commit), then start: a topic that moves from
         // one flow to another is never mirrored by both.
-        let mut shared = std::mem::take(&mut self.shared);
-        if plan.clusters {
-            shared.extend(self.election.take());
-        }
+        let shared = std::mem::take(&mut self.shared);
         self.stop(shared).await;
         for name in plan.removed.iter().chain(&plan.changed) {
             self.stop_flow(name).await;
@@ -464,9 +467,6 @@ impl Engine {
             if let Err(e) = ensure_internal_topics(&self.config, &self.shutdown).await {
                 error!(error = format!("{e:#}"), "internal topics after the reload");
             }
-        }
-        if self.election.is_none() {
-            self.start_election();
         }
         let mut result = "applied";
         for f in new
@@ -495,7 +495,6 @@ impl Engine {
         for (_, ft) in std::mem::take(&mut self.flows) {
             tasks.extend(ft.tasks);
         }
-        tasks.extend(self.election.take());
         self.stop(tasks).await;
         match self.failed.lock().ok().and_then(|mut f| f.take()) {
             Some(e) => Err(e),

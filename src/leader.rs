@@ -1,9 +1,12 @@
-//! One leader per direction for the control loops (config sync,
-//! checkpoints with group offset sync, heartbeats), chosen through Kafka's
-//! own group membership: every process of a direction joins the group
-//! `kmirror-leader.<source>.<target>` on the target cluster and subscribes
-//! to the one-partition topic `kmirror-leader.<source>.internal`; the
-//! member that holds the partition leads. No external coordinator.
+//! One leader per flow for the control loops (config sync, checkpoints
+//! with group offset sync; the first flow's leader also writes the
+//! heartbeats), chosen through Kafka's own group membership: every process
+//! that runs a flow joins the group `kmirror-leader.<source>.<target>.<flow>`
+//! on the target cluster and subscribes to the one-partition topic
+//! `kmirror-leader.<source>.internal`; the member that holds the partition
+//! leads. Per flow, so that during a rolling change of the file a flow
+//! that only some processes run still has a leader among them. No
+//! external coordinator.
 //!
 //! The role moves when the leader leaves (a clean stop gives the partition
 //! back at once) or stops answering (kill -9, a frozen process: after the
@@ -38,9 +41,9 @@ pub fn leader_topic(source_alias: &str) -> String {
     format!("kmirror-leader.{source_alias}.internal")
 }
 
-/// The election group on the target.
-pub fn leader_group(source_alias: &str, target_alias: &str) -> String {
-    format!("kmirror-leader.{source_alias}.{target_alias}")
+/// The election group of a flow on the target.
+pub fn leader_group(source_alias: &str, target_alias: &str, flow: &str) -> String {
+    format!("kmirror-leader.{source_alias}.{target_alias}.{flow}")
 }
 
 /// Whether this process leads; cheap to clone and to ask.
@@ -135,13 +138,14 @@ pub fn leader_for(config: &Config) -> Leader {
 /// again and the group gives the partition back.
 pub fn run(
     config: &Config,
+    flow: &str,
     leader: Leader,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topic = leader_topic(&config.source.alias);
-    let group = leader_group(&config.source.alias, &config.target.alias);
+    let group = leader_group(&config.source.alias, &config.target.alias, flow);
     let session = session_of(config);
     let make = || -> anyhow::Result<BaseConsumer<KContext>> {
         let mut cfg = kafka::client_config(&config.target, Role::Consumer, "kmirror-leader");
@@ -158,8 +162,8 @@ pub fn run(
     };
     let mut consumer = make()?;
     let set = |leads: bool| {
-        metrics.leader.set(leads as i64);
-        health.set_leader(leads);
+        metrics.leader.with_label_values(&[flow]).set(leads as i64);
+        health.set_leader(flow, leads);
     };
     set(false);
     while !shutdown.is_cancelled() {
@@ -182,9 +186,9 @@ pub fn run(
             .unwrap_or(false);
         if leader.polled(holds) {
             if holds {
-                info!(group = %group, "this process leads the control loops (config sync, checkpoints, group offset sync, heartbeats)");
+                info!(flow, group = %group, "this process leads the flow's control loops (config sync, checkpoints, group offset sync)");
             } else {
-                info!(group = %group, "this process no longer leads the control loops");
+                info!(flow, group = %group, "this process no longer leads the flow's control loops");
             }
         }
         set(holds && leader.is_leader());

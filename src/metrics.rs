@@ -16,7 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
@@ -78,8 +78,8 @@ pub struct Metrics {
     /// Configuration reloads by result (applied, unchanged, invalid,
     /// failed).
     pub config_reloads: IntCounterVec,
-    /// 1 while this process leads the control loops.
-    pub leader: IntGauge,
+    /// 1 while this process leads the flow's control loops.
+    pub leader: IntGaugeVec,
     /// 1 when the cluster answered kmirror's last metadata request.
     pub cluster_up: IntGaugeVec,
     /// Failed metadata requests to a cluster, by cause (authentication,
@@ -139,11 +139,7 @@ impl Metrics {
             producer_queue: gauge(&r, "kmirror_producer_queue_records", "Records handed to the target producer and not yet acknowledged.", &["flow"]),
             topics_mirrored: gauge(&r, "kmirror_topics_mirrored", "Source topics currently mirrored by the flow.", &["flow"]),
             client_queue: gauge(&r, "kmirror_client_queue_messages", "librdkafka statistics: messages waiting in the client's queues (producer: not yet acknowledged; consumer: fetched, not yet handed over).", &["flow", "client"]),
-            leader: {
-                let g = IntGauge::new("kmirror_leader", "1 while this process leads the control loops of its direction (config sync, checkpoints, group offset sync, heartbeats), elected through the group kmirror-leader.<source>.<target> on the target.").expect("metric");
-                r.register(Box::new(g.clone())).expect("register");
-                g
-            },
+            leader: gauge(&r, "kmirror_leader", "1 while this process leads the flow's control loops (config sync, checkpoints, group offset sync; heartbeats for the first flow), elected through the group kmirror-leader.<source>.<target>.<flow> on the target.", &["flow"]),
             config_reloads: counter(&r, "kmirror_config_reloads_total", "Configuration reloads (SIGHUP, run --watch) by result: applied, unchanged, invalid (refused, the running configuration goes on), failed (a flow could not start).", &["result"]),
             cluster_up: gauge(&r, "kmirror_cluster_up", "1 when the cluster (source or target) answered kmirror's last metadata request.", &["cluster", "alias"]),
             cluster_errors: counter(&r, "kmirror_cluster_errors_total", "Failed metadata requests to a cluster by cause: authentication, sasl_mechanism, tls_certificate, tls_handshake, closed_at_once, unreachable.", &["cluster", "cause"]),
@@ -261,8 +257,8 @@ struct HealthState {
     flows: BTreeMap<String, (bool, usize)>,
     /// flow -> partitions held until their exactly-once position is derived
     unresolved: BTreeMap<String, usize>,
-    /// This process leads the control loops.
-    leader: bool,
+    /// flow -> this process leads its control loops
+    leader: BTreeMap<String, bool>,
 }
 
 impl Health {
@@ -294,17 +290,20 @@ impl Health {
         self.set_flow(flow, false, 0);
     }
 
-    /// Records whether this process leads the control loops (shown by
-    /// `/readyz`; not a readiness condition).
-    pub fn set_leader(&self, leads: bool) {
+    /// Records whether this process leads a flow's control loops (shown
+    /// by `/readyz`; not a readiness condition).
+    pub fn set_leader(&self, flow: &str, leads: bool) {
         if let Ok(mut s) = self.state.lock() {
-            s.leader = leads;
+            s.leader.insert(flow.to_string(), leads);
         }
     }
 
-    /// Whether this process leads the control loops.
-    pub fn leader(&self) -> bool {
-        self.state.lock().map(|s| s.leader).unwrap_or(false)
+    /// Per flow: whether this process leads its control loops.
+    pub fn leader(&self) -> BTreeMap<String, bool> {
+        self.state
+            .lock()
+            .map(|s| s.leader.clone())
+            .unwrap_or_default()
     }
 
     /// Forgets a flow (removed by a reload).
@@ -312,6 +311,7 @@ impl Health {
         if let Ok(mut s) = self.state.lock() {
             s.flows.remove(flow);
             s.unresolved.remove(flow);
+            s.leader.remove(flow);
         }
     }
 

@@ -12,7 +12,7 @@ use common::*;
 fn leads(listen: &str) -> Option<bool> {
     let (_, body) = http_get(listen, "/metrics")?;
     body.lines()
-        .find(|l| l.starts_with("kmirror_leader "))
+        .find(|l| l.starts_with("kmirror_leader{flow=\"f\"} "))
         .map(|l| l.ends_with(" 1"))
 }
 
@@ -76,7 +76,7 @@ fn one_leader_and_it_moves_when_killed() {
     });
     let took = t.elapsed();
     let (_, ready) = http_get(&other_listen, "/readyz").unwrap();
-    assert!(ready.contains("\"leader\":true"), "{ready}");
+    assert!(ready.contains("\"leader\":{\"f\":true}"), "{ready}");
     commit_group(&src, "app-led", &topic, &[200, 250]);
     wait_checkpoints(&ca, "app-led", &[200, 250], &other);
     assert!(

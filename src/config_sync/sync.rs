@@ -264,11 +264,21 @@ impl ConfigSync {
             if set.is_empty() {
                 continue;
             }
-            if !self.leader.is_leader() {
+            // Only the leader changes configs and ACLs; every process
+            // creates the target topics and partitions its own flows need
+            // (its records wait for them; creating is idempotent), also
+            // when the leader runs another config (a rolling change).
+            let leading = self.leader.is_leader();
+            if !leading {
                 was_leader = false;
-                continue;
+                if !set
+                    .values()
+                    .any(|m| m.target_partitions == 0 || m.target_partitions < m.partitions)
+                {
+                    continue;
+                }
             }
-            if !was_leader {
+            if leading && !was_leader {
                 // Just became the leader: what the previous leader set is
                 // read again, so that no update of its is lost.
                 let (t, mt) = (self.target.clone(), managed_topic.clone());
@@ -311,6 +321,9 @@ impl ConfigSync {
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
+                if !leading && m.target_partitions != 0 && m.target_partitions >= m.partitions {
+                    continue;
+                }
                 let before = managed.0.get(&m.target).cloned().unwrap_or_default();
                 if m.target_partitions == 0
                     && created_at
@@ -323,7 +336,7 @@ impl ConfigSync {
                 let span =
                     tracing::info_span!("config_sync", flow = %self.flow.name, topic = %m.source);
                 let result = tracing::Instrument::instrument(
-                    self.sync_topic(&src, &dst, m, before.clone(), &mut reported),
+                    self.sync_topic(&src, &dst, m, before.clone(), leading, &mut reported),
                     span,
                 )
                 .await;
@@ -353,7 +366,7 @@ impl ConfigSync {
             if created {
                 self.refresh.notify_one();
             }
-            if self.flow.sync_topic_acls && !set.is_empty() {
+            if leading && self.flow.sync_topic_acls && !set.is_empty() {
                 self.sync_acls(&src, &dst, &set, &mut reported);
             }
         }
@@ -451,6 +464,7 @@ impl ConfigSync {
         dst: &AdminClient<KContext>,
         m: &Mirror,
         managed: BTreeSet<String>,
+        leading: bool,
         reported: &mut HashSet<String>,
     ) -> Result<(bool, BTreeSet<String>), String> {
         let policy = policy_for(&self.flow, managed.clone())?;
@@ -459,6 +473,15 @@ impl ConfigSync {
         let mut created = false;
         let mut ops: Vec<ConfigOp> = Vec::new();
         for a in &plan.actions {
+            if !leading
+                && !matches!(
+                    a,
+                    Action::CreateTopic { .. } | Action::CreatePartitions { .. }
+                )
+            {
+                // Config changes are the leader's.
+                continue;
+            }
             match a {
                 Action::CreateTopic {
                     partitions,
