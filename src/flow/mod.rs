@@ -574,9 +574,19 @@ impl Replicator {
                     .provenance_header
                     .then(|| self.target.alias.clone()),
             )?;
-            let loaded = r.load_syncs(&offset_syncs_topic(&self.source.alias))?;
-            if let Ok(mut m) = shared.last_syncs.lock() {
-                *m = loaded;
+            // A target that does not answer now (an outage longer than the
+            // producer's timeout restarts the flow) does not keep the flow
+            // out of its group: its partitions are held until their
+            // positions can be derived, which reads the points again.
+            match r.load_syncs(&offset_syncs_topic(&self.source.alias)) {
+                Ok(loaded) => {
+                    if let Ok(mut m) = shared.last_syncs.lock() {
+                        *m = loaded;
+                    }
+                }
+                Err(e) => {
+                    warn!(flow = %flow, error = format!("{e:#}"), "exactly-once: the offset-sync points cannot be read yet; partitions are held until they can");
+                }
             }
             Some(Mutex::new(r))
         } else {
