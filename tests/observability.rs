@@ -97,7 +97,7 @@ fn readyz_is_503_while_the_target_is_down_and_200_after() {
     dst.kill();
     wait_until(Duration::from_secs(60), || status().0 == 503);
     let (_, body) = status();
-    assert!(body.contains("target cluster unreachable"), "{body}");
+    assert!(body.contains("unreachable: target cluster dst"), "{body}");
     dst.restart();
     wait_until(Duration::from_secs(60), || status().0 == 200);
 }
