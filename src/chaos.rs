@@ -447,18 +447,6 @@ impl Report {
         v
     }
 
-    /// Exactly-once duplicates that landed in the windows after a frozen
-    /// process (SIGSTOP past its session timeout) woke: the window the
-    /// README documents (what librdkafka had queued before the freeze can
-    /// go out before the partitions are reported lost).
-    pub fn eos_duplicates_after_freezes(&self) -> u64 {
-        self.events
-            .iter()
-            .filter(|e| e.kind == FaultKind::Stop)
-            .map(|e| e.eos_duplicates)
-            .sum()
-    }
-
     /// Duplicates (at-least-once) attributed to each kill -9.
     pub fn duplicates_per_kill9(&self) -> Vec<u64> {
         self.events

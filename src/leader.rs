@@ -78,14 +78,6 @@ impl Leader {
         }
     }
 
-    /// Always the leader (tests and single-purpose tools).
-    pub fn always() -> Leader {
-        let l = Leader::new(Duration::from_secs(u32::MAX as u64));
-        l.inner.holds.store(true, Ordering::Release);
-        l.inner.polled_ms.store(u64::MAX / 2, Ordering::Release);
-        l
-    }
-
     /// True when this process leads now: ask before each write.
     pub fn is_leader(&self) -> bool {
         let s = &self.inner;

@@ -157,17 +157,19 @@ fn secure_broker(pki: &Pki, name: &str, mechanism: &str, mirror_pw: &str) -> Bro
 
 /// `config/sasl-tls.toml` pointed at these brokers: their bootstrap
 /// servers and the test CA swapped in, the source password read from
-/// `src_pw_file` (`${file:...}`), the target's from `$US_PASSWORD`,
+/// the file `src-password` in `dir` (`${file:...}`, returned second), the target's from `$US_PASSWORD`,
 /// `extra` flow keys appended to the file's flow.
 fn secure_config(
     dir: &Path,
     pki: &Pki,
     src: &Broker,
     dst: &Broker,
-    src_pw_file: &Path,
+    src_password: &str,
     listen: &str,
     extra: &str,
-) -> PathBuf {
+) -> (PathBuf, PathBuf) {
+    let src_pw_file = dir.join("src-password");
+    std::fs::write(&src_pw_file, format!("{src_password}\n")).unwrap();
     let example =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sasl-tls.toml"))
             .unwrap();
@@ -201,7 +203,7 @@ fn secure_config(
     text.push('\n');
     let path = dir.join("kmirror.toml");
     std::fs::write(&path, text).unwrap();
-    path
+    (path, src_pw_file)
 }
 
 /// The environment `config/sasl-tls.toml` reads.
@@ -251,15 +253,13 @@ fn tls_and_scram_on_both_sides_mirror_sync_and_checkpoint() {
     commit_group(&src, group, &topic, &[400, 500, 600]);
 
     let dir = tempfile::tempdir().unwrap();
-    let pw_file = dir.path().join("src-password");
-    std::fs::write(&pw_file, "src-mirror-pw-1\n").unwrap();
     let listen = http_listen();
-    let cfg = secure_config(
+    let (cfg, _) = secure_config(
         dir.path(),
         &pki,
         &src,
         &dst,
-        &pw_file,
+        "src-mirror-pw-1",
         &listen,
         "checkpoint_interval = \"1s\"\nsync_topic_configs = true\nsync_configs_interval = \"1s\"\nrefresh_topics_interval = \"1s\"",
     );
@@ -506,15 +506,13 @@ fn a_rotated_password_is_picked_up_by_a_reload() {
     src.create_topic(&topic, 2, &[("retention.ms", "-1")]);
     src.produce(&topic, &numbered(0, 1000, 2));
     let dir = tempfile::tempdir().unwrap();
-    let pw_file = dir.path().join("src-password");
-    std::fs::write(&pw_file, "old-pw-1\n").unwrap();
     let listen = http_listen();
-    let cfg = secure_config(
+    let (cfg, pw_file) = secure_config(
         dir.path(),
         &pki,
         &src,
         &dst,
-        &pw_file,
+        "old-pw-1",
         &listen,
         "delivery = \"exactly-once\"\nrefresh_topics_interval = \"1s\"",
     );

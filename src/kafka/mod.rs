@@ -548,7 +548,7 @@ impl Follower {
     /// New records since the last call.
     pub fn poll(&mut self, c: &BaseConsumer<KContext>) -> Result<Vec<OwnedMessage>, String> {
         let mut all = Vec::new();
-        self.poll_chunks(c, i64::MAX, |recs| all.extend_from_slice(recs))?;
+        self.poll_chunks(c, i64::MAX, |recs| all.extend(recs))?;
         Ok(all)
     }
 
@@ -560,7 +560,7 @@ impl Follower {
         &mut self,
         c: &BaseConsumer<KContext>,
         chunk: i64,
-        mut f: impl FnMut(&[OwnedMessage]),
+        mut f: impl FnMut(Vec<OwnedMessage>),
     ) -> Result<usize, String> {
         let timeout = Duration::from_secs(10);
         let md = c.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
@@ -585,7 +585,7 @@ impl Follower {
             let to = hi.min(from.saturating_add(chunk.max(1)));
             let recs = read_range(c, &self.topic, 0, from, to)?;
             n += recs.len();
-            f(&recs);
+            f(recs);
             from = to;
             self.pos = to;
         }

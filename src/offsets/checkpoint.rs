@@ -280,7 +280,7 @@ impl Checkpointer {
         let store = &mut st.store;
         let read = st
             .syncs
-            .poll_chunks(dst, 50_000, |recs| feed(store, recs))?;
+            .poll_chunks(dst, 50_000, |recs| feed(store, &recs))?;
         debug!(flow = %self.flow.name, new_points = read, stored = st.store.len(), topics = set.len(), "checkpoint run");
         if set.is_empty() {
             return Ok(());
