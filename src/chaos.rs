@@ -1397,6 +1397,7 @@ fn write_config(path: &Path, source: &str, target: &str, extra: bool) -> Result<
          [source]\nalias = \"{SOURCE_ALIAS}\"\nbootstrap_servers = \"{source}\"\n\n\
          [source.properties]\n\"session.timeout.ms\" = \"{SESSION_TIMEOUT_MS}\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n\
          [target]\nalias = \"{TARGET_ALIAS}\"\nbootstrap_servers = \"{target}\"\n\n\
+         [target.properties]\n\"session.timeout.ms\" = \"{SESSION_TIMEOUT_MS}\"\n\n\
          [http]\nlisten = \"\"\n\n\
          [runtime]\nshutdown_timeout = \"{}s\"\n\n",
         if extra {

@@ -144,6 +144,11 @@ pub fn run(
         cfg.set("group.id", &group);
         cfg.set("enable.auto.commit", "false");
         cfg.set("session.timeout.ms", session.as_millis().to_string());
+        // The rebalance timeout: a member that does not rejoin within it
+        // is dropped. The loop polls every 200 ms, so one session is ample
+        // (librdkafka's default, 5 minutes, would hold a rebalance that
+        // long for a member that was frozen while it started).
+        cfg.set("max.poll.interval.ms", session.as_millis().to_string());
         cfg.set(
             "heartbeat.interval.ms",
             (session.as_millis() / 6).max(100).to_string(),
