@@ -4,13 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-nisshi.sh
-# The security tests make their test CA with the openssl CLI.
-if ! command -v openssl >/dev/null; then
+# Debian packages the tests need: the openssl CLI (the security tests make
+# their test CA with it) and promtool (tests/alerts.rs checks the alert
+# rules; Debian's prometheus package ships it).
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v promtool >/dev/null || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null; then
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq openssl
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
     else
-        echo "ci: the openssl CLI is missing; install it" >&2
+        echo "ci: missing ${need[*]} (Debian packages); install them" >&2
         exit 1
     fi
 fi

@@ -16,8 +16,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +39,12 @@ pub struct Metrics {
     pub record_age: HistogramVec,
     /// Source high watermark minus mirrored position.
     pub lag: IntGaugeVec,
+    /// Age of the oldest record not yet mirrored (0 when caught up).
+    pub lag_seconds: GaugeVec,
+    /// Wall clock of the last successful checkpoint run, per flow.
+    pub checkpoint_last_success: GaugeVec,
+    /// 1 when `/readyz` would answer 200 (set at each scrape).
+    pub ready: IntGauge,
     /// Checkpoint records written, per group.
     pub checkpoints: IntCounterVec,
     /// Duration of one checkpoint run.
@@ -100,6 +106,12 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
+fn float_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let h = HistogramVec::new(
         HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
@@ -121,6 +133,13 @@ impl Metrics {
             replication_latency: histogram(&r, "kmirror_replication_latency_seconds", "Target acknowledgement time minus the source record timestamp.", &["flow", "topic"]),
             record_age: histogram(&r, "kmirror_record_age_seconds", "Consume time minus the source record timestamp.", &["flow", "topic"]),
             lag: gauge(&r, "kmirror_lag_records", "Source high watermark minus the mirrored (acknowledged) position.", ftp),
+            lag_seconds: float_gauge(&r, "kmirror_lag_seconds", "Age of the oldest source record not yet mirrored, in seconds (0 when caught up): the smaller of now minus the last mirrored record's timestamp and the time since the partition was last seen caught up (refreshed every 5 s).", ftp),
+            checkpoint_last_success: float_gauge(&r, "kmirror_checkpoint_last_success_timestamp_seconds", "Unix time of the last checkpoint run that succeeded (leader only; stale on the other processes).", &["flow"]),
+            ready: {
+                let g = IntGauge::new("kmirror_ready", "1 when /readyz answers 200 (both clusters reachable, partitions assigned, none stopped or unresolved); set at each scrape.").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             checkpoints: counter(&r, "kmirror_checkpoints_total", "Checkpoint records written to <source>.checkpoints.internal.", &["flow", "group"]),
             checkpoint_latency: histogram(&r, "kmirror_checkpoint_latency_seconds", "Duration of one checkpoint run.", &["flow"]),
             offset_syncs: counter(&r, "kmirror_offset_syncs_total", "Offset-sync points written to kmirror-offset-syncs.<source>.internal.", &["flow"]),
@@ -361,6 +380,7 @@ struct AppState {
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    s.metrics.ready.set(s.health.ready().is_ok() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

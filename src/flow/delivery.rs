@@ -114,12 +114,16 @@ impl ProducerContext for DeliveryCtx {
                 let now = now_ms();
                 cached.records.inc();
                 cached.bytes.inc_by(record_size(m) as u64);
-                if let Some(ts) = m.timestamp().to_millis() {
+                let ts = m.timestamp().to_millis();
+                if let Some(ts) = ts {
                     cached.hist.observe(((now - ts).max(0) as f64) / 1000.0);
                 }
                 let (foreign, blocked) = {
                     let mut l = slot.ledger();
                     let a = l.ack(src, tgt, now, sh.rule);
+                    if let (true, Some(ts)) = (a.counted, ts) {
+                        slot.acked_ts.store(ts, Ordering::Relaxed);
+                    }
                     if !a.points.is_empty() {
                         sh.queue_points(idx, slot, &a.points);
                     }

@@ -81,7 +81,7 @@ pub fn offset_syncs_topic(source_alias: &str) -> String {
     format!("kmirror-offset-syncs.{source_alias}.internal")
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -265,10 +265,9 @@ impl Shared {
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         let p = partition.to_string();
-        let _ = self
-            .metrics
-            .lag
-            .remove_label_values(&[&self.flow, topic, &p]);
+        let labels = [self.flow.as_str(), topic, p.as_str()];
+        let _ = self.metrics.lag.remove_label_values(&labels);
+        let _ = self.metrics.lag_seconds.remove_label_values(&labels);
     }
 
     /// The assigned partitions' slots, with their indexes.

@@ -135,10 +135,14 @@ impl FlowConsumerCtx {
                         // Created on the first statistics, so that a lag of
                         // 0 always means "measured and caught up".
                         let part = p.to_string();
+                        let labels = [sh.flow.as_str(), topic.as_str(), part.as_str()];
+                        let lag = (ps.hi_offset - pos).max(0);
+                        sh.metrics.lag.with_label_values(&labels).set(lag);
+                        let age = slot.lag_age_ms(lag, super::now_ms());
                         sh.metrics
-                            .lag
-                            .with_label_values(&[sh.flow.as_str(), topic.as_str(), part.as_str()])
-                            .set((ps.hi_offset - pos).max(0));
+                            .lag_seconds
+                            .with_label_values(&labels)
+                            .set(age as f64 / 1000.0);
                     }
                 }
             }

@@ -74,6 +74,14 @@ pub struct Slot {
     pub latency: Histogram,
     /// `kmirror_record_age_seconds` of the topic.
     pub age: Histogram,
+    /// Source timestamp (ms) of the last record acknowledged into the
+    /// prefix (-1: none yet): delivery callback only.
+    pub acked_ts: AtomicI64,
+    /// Wall clock (ms) when the statistics last showed the partition
+    /// caught up (-1: never).
+    pub caught_up_ms: AtomicI64,
+    /// Wall clock (ms) when the slot was made (assigned).
+    pub assigned_ms: i64,
 }
 
 impl Slot {
@@ -104,7 +112,36 @@ impl Slot {
             bytes,
             latency,
             age,
+            acked_ts: AtomicI64::new(-1),
+            caught_up_ms: AtomicI64::new(-1),
+            assigned_ms: super::now_ms(),
         }
+    }
+
+    /// Age in milliseconds of the oldest record not yet mirrored, for a
+    /// partition `lag` records behind at wall clock `now` (0 when caught
+    /// up; records the time). The first record not mirrored is newer
+    /// than the last one acknowledged and was appended after the last time
+    /// the partition was seen caught up, so the smaller of those two ages
+    /// bounds it from above: exact to within the spacing of two records
+    /// while records flow, and small for a trickle. Before anything was
+    /// acknowledged or seen caught up: the time since the assignment.
+    pub fn lag_age_ms(&self, lag: i64, now: i64) -> i64 {
+        if lag <= 0 {
+            self.caught_up_ms.store(now, Ordering::Relaxed);
+            return 0;
+        }
+        let bounds = [
+            self.acked_ts.load(Ordering::Relaxed),
+            self.caught_up_ms.load(Ordering::Relaxed),
+        ];
+        let age = bounds
+            .iter()
+            .filter(|t| **t >= 0)
+            .map(|t| now - t)
+            .min()
+            .unwrap_or(now - self.assigned_ms);
+        age.max(0)
     }
 
     /// The ledger (a poisoned lock still holds a consistent ledger: every

@@ -249,6 +249,10 @@ impl Checkpointer {
                     }
                 }
                 Ok(()) => {
+                    me.metrics
+                        .checkpoint_last_success
+                        .with_label_values(&[&me.flow.name])
+                        .set(crate::flow::now_ms() as f64 / 1000.0);
                     if let Some(e) = failing.take() {
                         info!(flow = %me.flow.name, last_error = %e, "checkpoint runs succeed again");
                     }
