@@ -9,7 +9,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, StartFrom};
 use crate::config_sync::acl::to_create;
 use crate::config_sync::sync::{
     describe_acl_pair, managed_topic, plan_topic, policy_for, Managed, TopicPlan,
@@ -39,6 +39,110 @@ pub struct FlowPlan {
     pub excluded: Vec<Excluded>,
     /// Topic ACLs: what would be done.
     pub acls: String,
+    /// `start_from` of the flow.
+    pub start_from: String,
+    /// Where each mirrored partition would start now.
+    pub starts: Vec<PartitionStart>,
+}
+
+/// Where one source partition starts when the flow (re)starts.
+#[derive(Debug, Serialize)]
+pub struct PartitionStart {
+    /// Source topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The flow's group's committed offset (where it resumes), if any.
+    pub committed: Option<i64>,
+    /// Without a commit: the offset `start_from` gives (`None`: the end,
+    /// only records written later).
+    pub start: Option<i64>,
+}
+
+/// Reads the flow group's commits on the source and resolves `start_from`
+/// for the partitions without one (what the flow would do on assignment;
+/// exactly-once flows resume after what the target holds instead).
+fn plan_starts(
+    source: &crate::config::ClusterConfig,
+    group: &str,
+    topics: &[(String, i32)],
+    from: StartFrom,
+) -> anyhow::Result<Vec<PartitionStart>> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let timeout = Duration::from_secs(10);
+    let mut cfg = kafka::client_config(source, Role::Consumer, "kmirror-plan");
+    cfg.set("group.id", group);
+    cfg.set("enable.auto.commit", "false");
+    let c: BaseConsumer<KContext> = kafka::create(&cfg, KContext::default())?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, n) in topics {
+        for p in 0..*n {
+            tpl.add_partition(t, p);
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let committed = c.committed_offsets(tpl.clone(), timeout)?;
+    let mut out = Vec::new();
+    let mut fresh = TopicPartitionList::new();
+    for e in committed.elements() {
+        let committed = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        };
+        out.push(PartitionStart {
+            topic: e.topic().to_string(),
+            partition: e.partition(),
+            committed,
+            start: None,
+        });
+        if committed.is_none() {
+            let q = match from {
+                StartFrom::Earliest => Offset::Beginning,
+                StartFrom::Latest => Offset::End,
+                StartFrom::Timestamp(ts) => Offset::Offset(ts),
+            };
+            fresh.add_partition_offset(e.topic(), e.partition(), q)?;
+        }
+    }
+    let resolved: HashMap<(String, i32), Option<i64>> = match from {
+        _ if fresh.count() == 0 => HashMap::new(),
+        StartFrom::Timestamp(_) => c
+            .offsets_for_times(fresh, timeout)?
+            .elements()
+            .iter()
+            .map(|e| {
+                let o = match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                };
+                ((e.topic().to_string(), e.partition()), o)
+            })
+            .collect(),
+        StartFrom::Latest => HashMap::new(),
+        StartFrom::Earliest => fresh
+            .elements()
+            .iter()
+            .map(|e| {
+                let lo = c
+                    .fetch_watermarks(e.topic(), e.partition(), timeout)
+                    .map(|(lo, _)| lo)
+                    .ok();
+                ((e.topic().to_string(), e.partition()), lo)
+            })
+            .collect(),
+    };
+    for ps in &mut out {
+        if ps.committed.is_none() {
+            ps.start = resolved
+                .get(&(ps.topic.clone(), ps.partition))
+                .copied()
+                .flatten();
+        }
+    }
+    Ok(out)
 }
 
 /// The whole plan.
@@ -109,13 +213,24 @@ pub async fn build(config: &Config) -> anyhow::Result<Plan> {
                     .map_err(|e| anyhow::anyhow!(e))?,
             );
         }
+        let group = f.group_id(&config.source.alias, &config.target.alias);
+        let parts: Vec<(String, i32)> = topics
+            .iter()
+            .map(|t| (t.source.clone(), t.source_partitions))
+            .collect();
+        let (sc, g, from) = (config.source.clone(), group.clone(), f.start_from);
+        let starts = tokio::task::spawn_blocking(move || plan_starts(&sc, &g, &parts, from))
+            .await?
+            .map_err(|e| anyhow::anyhow!("flow {}: start positions: {e}", f.name))?;
         let mirrored: Vec<(String, String)> = topics
             .iter()
             .map(|t| (t.source.clone(), t.target.clone()))
             .collect();
         flows.push(FlowPlan {
             flow: f.name.clone(),
-            group: f.group_id(&config.source.alias, &config.target.alias),
+            group,
+            start_from: f.start_from.to_string(),
+            starts,
             topics,
             excluded: skip
                 .into_iter()
@@ -196,6 +311,41 @@ pub fn render(p: &Plan) -> String {
             }
         }
         let _ = writeln!(s, "  ACLs: {}", f.acls);
+        render_starts(&mut s, f);
     }
     s
+}
+
+/// Per topic: how many partitions resume at the group's commit, and where
+/// the others start under `start_from`.
+fn render_starts(s: &mut String, f: &FlowPlan) {
+    let _ = writeln!(
+        s,
+        "  start_from: {} (partitions the group has no commit for; exactly-once resumes after what the target holds)",
+        f.start_from
+    );
+    let mut by_topic: std::collections::BTreeMap<&str, Vec<&PartitionStart>> = Default::default();
+    for p in &f.starts {
+        by_topic.entry(p.topic.as_str()).or_default().push(p);
+    }
+    for (topic, parts) in by_topic {
+        let resumed = parts.iter().filter(|p| p.committed.is_some()).count();
+        let fresh: Vec<String> = parts
+            .iter()
+            .filter(|p| p.committed.is_none())
+            .map(|p| match p.start {
+                Some(o) => format!("{}@{o}", p.partition),
+                None => format!("{}@end", p.partition),
+            })
+            .collect();
+        if fresh.is_empty() {
+            let _ = writeln!(s, "      {topic}: every partition resumes at its commit");
+        } else {
+            let _ = writeln!(
+                s,
+                "      {topic}: {resumed} resume at their commit; no commit, start at partition@offset: {}",
+                fresh.join(" ")
+            );
+        }
+    }
 }

@@ -85,6 +85,8 @@ enum Kind {
     Int,
     Bool,
     Duration,
+    /// `earliest`, `latest` or an RFC 3339 timestamp.
+    StartFrom,
     /// A list of whole-name regexes.
     Regexes,
     /// A rename template.
@@ -152,6 +154,7 @@ const FLOW: &[Field] = &[
     ),
     f("provenance_header", Kind::Bool),
     f("sync_group_offsets", Kind::Bool),
+    f("start_from", Kind::StartFrom),
     f("refresh_topics_interval", Kind::Duration),
     f("sync_configs_interval", Kind::Duration),
     f("checkpoint_interval", Kind::Duration),
@@ -289,6 +292,17 @@ impl Walker<'_> {
                     }
                 }
                 None => wrong(self, "a duration string such as \"10s\""),
+            },
+            Kind::StartFrom => match item.as_str() {
+                Some(s) => {
+                    if let Err(e) = super::StartFrom::parse(s) {
+                        self.problem(line, path, e);
+                    }
+                }
+                None => wrong(
+                    self,
+                    "\"earliest\", \"latest\" or an RFC 3339 timestamp string",
+                ),
             },
             Kind::Choice(options) => match item.as_str() {
                 Some(s) if options.contains(&s) => {}

@@ -186,6 +186,97 @@ impl fmt::Display for Delivery {
     }
 }
 
+/// Where a partition starts when the flow's group has no committed offset
+/// for it (a new flow, a new topic, a new partition): `start_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The partition's first record still held by the source (default:
+    /// a mirror copies everything unless told otherwise).
+    #[default]
+    Earliest,
+    /// Only records written after the partition is assigned.
+    Latest,
+    /// The first record whose timestamp is at or after this time (Unix
+    /// milliseconds), found with ListOffsets by time.
+    Timestamp(i64),
+}
+
+impl StartFrom {
+    /// Parses `earliest`, `latest` or an RFC 3339 timestamp.
+    pub fn parse(s: &str) -> Result<StartFrom, String> {
+        match s.trim() {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            t => parse_rfc3339_ms(t).map(StartFrom::Timestamp).map_err(|e| {
+                format!(
+                    "start_from = {s:?}: expected \"earliest\", \"latest\" or an RFC 3339 timestamp such as \"2026-11-01T00:00:00Z\" ({e})"
+                )
+            }),
+        }
+    }
+}
+
+impl fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartFrom::Earliest => f.write_str("earliest"),
+            StartFrom::Latest => f.write_str("latest"),
+            StartFrom::Timestamp(ms) => f.write_str(&format_rfc3339_ms(*ms)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartFrom {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        StartFrom::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`Z` or a `±HH:MM` offset, optional
+/// fraction) into Unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (base, offset_min) = if let Some(b) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        (b, 0i64)
+    } else {
+        let n = s.len();
+        let tail = s.get(n.saturating_sub(6)..).unwrap_or("");
+        let b = tail.as_bytes();
+        if b.len() == 6 && (b[0] == b'+' || b[0] == b'-') && b[3] == b':' {
+            let h: i64 = tail[1..3]
+                .parse()
+                .map_err(|_| "bad offset hours".to_string())?;
+            let m: i64 = tail[4..6]
+                .parse()
+                .map_err(|_| "bad offset minutes".to_string())?;
+            let sign = if b[0] == b'-' { -1 } else { 1 };
+            (&s[..n - 6], sign * (h * 60 + m))
+        } else {
+            return Err("a time zone (Z or ±HH:MM) is required".into());
+        }
+    };
+    if !base.contains('T') && !base.contains('t') {
+        return Err("the date and the time are separated by T".into());
+    }
+    let t = humantime::parse_rfc3339_weak(base).map_err(|e| e.to_string())?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "before 1970".to_string())?
+        .as_millis() as i64;
+    Ok(ms - offset_min * 60_000)
+}
+
+/// Formats Unix milliseconds as RFC 3339 in UTC.
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    if ms % 1000 == 0 {
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
 /// Compression codec of the target producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -266,6 +357,10 @@ pub struct FlowConfig {
     /// Write translated offsets into idle consumer groups on the target.
     #[serde(default)]
     pub sync_group_offsets: bool,
+    /// Where a partition with no committed offset in the flow's group
+    /// starts: `earliest` (default), `latest` or an RFC 3339 timestamp.
+    #[serde(default)]
+    pub start_from: StartFrom,
     /// How often source topics are listed to find new ones.
     #[serde(default = "default_refresh", deserialize_with = "de_duration")]
     pub refresh_topics_interval: Duration,
@@ -575,6 +670,41 @@ fn remove_path(table: &mut toml_edit::Table, path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_from_parses_names_and_rfc3339_with_offsets() {
+        assert_eq!(StartFrom::parse("earliest"), Ok(StartFrom::Earliest));
+        assert_eq!(StartFrom::parse("latest"), Ok(StartFrom::Latest));
+        let utc = 1_793_491_200_000; // 2026-11-01T00:00:00Z
+        assert_eq!(
+            StartFrom::parse("2026-11-01T00:00:00Z"),
+            Ok(StartFrom::Timestamp(utc))
+        );
+        assert_eq!(
+            StartFrom::parse("2026-11-01T02:00:00.250+02:00"),
+            Ok(StartFrom::Timestamp(utc + 250))
+        );
+        assert_eq!(
+            StartFrom::parse("2026-10-31T19:30:00-04:30"),
+            Ok(StartFrom::Timestamp(utc))
+        );
+        assert_eq!(
+            StartFrom::Timestamp(utc).to_string(),
+            "2026-11-01T00:00:00Z"
+        );
+        for bad in [
+            "yesterday",
+            "2026-11-01",
+            "2026-11-01T00:00:00",
+            "2026-11-01 00:00:00Z",
+        ] {
+            let e = StartFrom::parse(bad).unwrap_err();
+            assert!(
+                e.contains("start_from") && e.contains("RFC 3339"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn debug_masks_secrets() {

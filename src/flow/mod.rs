@@ -606,6 +606,7 @@ impl Replicator {
                 has_new: AtomicBool::new(false),
                 backpressured: AtomicBool::new(false),
                 callbacks: Mutex::new(Duration::ZERO),
+                start_from: self.flow.start_from,
             },
         )?;
         info!(flow = %flow, group = %group, delivery = %self.flow.delivery, "flow started");

@@ -29,6 +29,7 @@ use tracing::{debug, error, info, warn};
 use super::delivery::DeliveryCtx;
 use super::slots::Slot;
 use super::{drain_or_purge, eos, purge, Shared, NO_SLOT};
+use crate::config::StartFrom;
 use crate::kafka::{self, log_librdkafka};
 use crate::offsets::codec::OffsetSync;
 
@@ -59,6 +60,8 @@ pub(crate) struct FlowConsumerCtx {
     /// Time spent in rebalance callbacks so far (a long callback is not a
     /// frozen process).
     pub(crate) callbacks: Mutex<Duration>,
+    /// Where partitions with no committed offset start.
+    pub(crate) start_from: StartFrom,
 }
 
 impl ClientContext for FlowConsumerCtx {
@@ -208,6 +211,17 @@ impl FlowConsumerCtx {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         let backpressured = self.backpressured.load(Ordering::Acquire);
+        // `start_from` for the partitions the group has no commit for; a
+        // failed look-up holds every partition and restarts the flow
+        // (starting anywhere else could copy too much or skip records).
+        let starts = match self.start_from {
+            StartFrom::Earliest => Ok(HashMap::new()),
+            from => start_positions(consumer, tpl, from),
+        };
+        if let Err(e) = &starts {
+            error!(flow = %sh.flow, start_from = %self.start_from, error = %e, "cannot find where the new partitions start (committed offsets, offsets by time); they are held and the flow restarts");
+            sh.request_restart("error", format!("start_from look-up failed: {e}"));
+        }
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
         let mut out = Vec::new();
@@ -226,6 +240,7 @@ impl FlowConsumerCtx {
                 }
             };
             let mut unresolved = None;
+            let mut resumed = false;
             if self.eos.is_some() {
                 if target_missing {
                     unresolved = Some(String::new());
@@ -237,6 +252,7 @@ impl FlowConsumerCtx {
                     match self.resolve(&topic, &target, p) {
                         Ok(Some(pos)) => {
                             let _ = tpl.set_partition_offset(&topic, p, Offset::Offset(pos));
+                            resumed = true;
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -251,7 +267,14 @@ impl FlowConsumerCtx {
                     }
                 }
             }
-            let hold = target_missing || unresolved.is_some();
+            // Exactly-once: what the target holds wins over `start_from`.
+            if !resumed {
+                if let Ok(Some(o)) = starts.as_ref().map(|m| m.get(&(topic.clone(), p))) {
+                    info!(flow = %sh.flow, topic = %topic, partition = p, start_from = %self.start_from, offset = ?o, "no committed offset for this partition: starting from start_from");
+                    let _ = tpl.set_partition_offset(&topic, p, *o);
+                }
+            }
+            let hold = target_missing || unresolved.is_some() || starts.is_err();
             if hold {
                 slot.held.store(true, Ordering::Release);
             }
@@ -369,6 +392,59 @@ impl FlowConsumerCtx {
         }
         info!(flow = %sh.flow, partitions = tpl.count(), "partitions revoked after draining");
     }
+}
+
+/// Where each partition of `tpl` that the group has no committed offset
+/// for starts under `from` (latest: the end; a timestamp: the first record
+/// at or after it, or the end when there is none).
+fn start_positions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+    from: StartFrom,
+) -> Result<HashMap<(String, i32), Offset>, String> {
+    const LOOKUP: Duration = Duration::from_secs(10);
+    let committed = consumer
+        .committed_offsets(tpl.clone(), LOOKUP)
+        .map_err(|e| format!("committed offsets: {e}"))?;
+    let fresh: Vec<(String, i32)> = committed
+        .elements()
+        .iter()
+        .filter(|e| !matches!(e.offset(), Offset::Offset(o) if o >= 0))
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    let mut out = HashMap::new();
+    match from {
+        StartFrom::Earliest => {}
+        StartFrom::Latest => {
+            out.extend(fresh.into_iter().map(|k| (k, Offset::End)));
+        }
+        StartFrom::Timestamp(ts) if !fresh.is_empty() => {
+            let mut q = TopicPartitionList::new();
+            for (t, p) in &fresh {
+                q.add_partition_offset(t, *p, Offset::Offset(ts))
+                    .map_err(|e| e.to_string())?;
+            }
+            let found = consumer
+                .offsets_for_times(q, LOOKUP)
+                .map_err(|e| format!("offsets by time: {e}"))?;
+            for e in found.elements() {
+                if let Err(err) = e.error() {
+                    return Err(format!(
+                        "offsets by time of {}/{}: {err}",
+                        e.topic(),
+                        e.partition()
+                    ));
+                }
+                let o = match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+                    _ => Offset::End,
+                };
+                out.insert((e.topic().to_string(), e.partition()), o);
+            }
+        }
+        StartFrom::Timestamp(_) => {}
+    }
+    Ok(out)
 }
 
 /// Releases `tpl` the way the group's protocol wants.
