@@ -184,6 +184,7 @@ pub async fn run_reloadable(
         refresh: Arc::new(tokio::sync::Notify::new()),
         flows: BTreeMap::new(),
         shared: Vec::new(),
+        limit: None,
     };
     for f in &config.flows {
         engine.start_flow(f)?;
@@ -245,6 +246,9 @@ struct Engine {
     flows: BTreeMap<String, FlowTasks>,
     /// Discovery and heartbeats.
     shared: Vec<Task>,
+    /// `[runtime] max_bytes_per_second` and its bucket, shared by every
+    /// flow started under it.
+    limit: Option<(u64, Arc<Mutex<crate::flow::throttle::TokenBucket>>)>,
 }
 
 impl Engine {
@@ -279,6 +283,24 @@ impl Engine {
         }
     }
 
+    /// The process-wide bucket for the current `[runtime]` (`None`: no
+    /// limit); made again when the limit changes.
+    fn process_limit(&mut self) -> Option<Arc<Mutex<crate::flow::throttle::TokenBucket>>> {
+        let rate = self.config.runtime.max_bytes_per_second;
+        if rate == 0 {
+            self.limit = None;
+            return None;
+        }
+        match &self.limit {
+            Some((r, b)) if *r == rate => Some(b.clone()),
+            _ => {
+                let b = Arc::new(Mutex::new(crate::flow::throttle::TokenBucket::new(rate)));
+                self.limit = Some((rate, b.clone()));
+                Some(b)
+            }
+        }
+    }
+
     fn start_flow(&mut self, f: &FlowConfig) -> anyhow::Result<()> {
         let token = self.shutdown.child_token();
         let (tx, rx) = watch::channel(Arc::new(MirrorSet::new()));
@@ -310,6 +332,7 @@ impl Engine {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             mirror: rx,
+            process_limit: self.process_limit(),
         };
         let t = token.clone();
         let election = {

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub checkpoint_last_success: GaugeVec,
     /// 1 when `/readyz` would answer 200 (set at each scrape).
     pub ready: IntGauge,
+    /// Time the flow waited for its bandwidth limit.
+    pub throttled: prometheus::CounterVec,
     /// Checkpoint records written, per group.
     pub checkpoints: IntCounterVec,
     /// Duration of one checkpoint run.
@@ -140,6 +142,11 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            throttled: {
+                let c = prometheus::CounterVec::new(Opts::new("kmirror_throttled_seconds_total", "Time the flow's consume loop waited for its bandwidth limit (max_bytes_per_second of the flow or of [runtime])."), &["flow"]).expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             checkpoints: counter(&r, "kmirror_checkpoints_total", "Checkpoint records written to <source>.checkpoints.internal.", &["flow", "group"]),
             checkpoint_latency: histogram(&r, "kmirror_checkpoint_latency_seconds", "Duration of one checkpoint run.", &["flow"]),
             offset_syncs: counter(&r, "kmirror_offset_syncs_total", "Offset-sync points written to kmirror-offset-syncs.<source>.internal.", &["flow"]),
@@ -197,6 +204,7 @@ impl Metrics {
             self.flow_restarts.with_label_values(&[flow, reason]);
         }
         self.partitions_assigned.with_label_values(&[flow]);
+        self.throttled.with_label_values(&[flow]);
         self.producer_queue.with_label_values(&[flow]);
         self.offset_syncs.with_label_values(&[flow]);
         self.topics_mirrored.with_label_values(&[flow]);

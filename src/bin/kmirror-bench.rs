@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --bin kmirror-bench -- [--records N] [--size BYTES] [--partitions P] [--rss-partitions P2] [--rss-records N2] [--rounds R]
+//! cargo run --release --bin kmirror-bench -- throttle [--rates 10,50] [--seconds 10] [--size 1024] [--partitions 8]
 //! ```
 //!
 //! Both contenders run as child processes, so that their CPU time
@@ -67,6 +68,22 @@ fn main() {
         let secs: u64 = arg(&args, "--seconds", 60);
         let rate: u64 = arg(&args, "--rate", 2000);
         if let Err(e) = points_bench(secs, rate) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("throttle") {
+        // Bandwidth limits: the achieved rate against max_bytes_per_second.
+        let rates: String = arg(&args, "--rates", "10,50".to_string());
+        let rates: Vec<f64> = rates
+            .split(',')
+            .map(|r| r.trim().parse().expect("--rates: MB/s, comma-separated"))
+            .collect();
+        let secs: u64 = arg(&args, "--seconds", 10);
+        let size: usize = arg(&args, "--size", 1024);
+        let partitions: i32 = arg(&args, "--partitions", 8);
+        if let Err(e) = throttle_bench(&rates, secs, size, partitions) {
             eprintln!("bench failed: {e}");
             std::process::exit(1);
         }
@@ -898,6 +915,127 @@ fn points_bench(secs: u64, rate: u64) -> Result<(), String> {
         per_hour(loaded, secs + 3),
         per_hour(idle, secs)
     );
+    Ok(())
+}
+
+/// Per-partition values of a counter of one flow, keyed by partition.
+fn per_partition(text: &str, name: &str, flow: &str) -> Vec<(String, f64)> {
+    let prefix = format!("{name}{{flow=\"{flow}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let part = l.split("partition=\"").nth(1)?.split('"').next()?;
+            let v = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((part.to_string(), v))
+        })
+        .collect()
+}
+
+fn flow_value(text: &str, name: &str, flow: &str) -> f64 {
+    let prefix = format!("{name}{{flow=\"{flow}\"}}");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// For each rate (MB/s, 10^6 bytes): a backlog larger than the window,
+/// kmirror with `max_bytes_per_second` on its flow, and the rate achieved
+/// over `secs` seconds after a 3 s warm-up (from `kmirror_bytes_total`,
+/// which counts the same bytes as the limit), with each partition's share.
+fn throttle_bench(rates: &[f64], secs: u64, size: usize, partitions: i32) -> Result<(), String> {
+    let dir = tempfile_dir()?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let kmirror = me.with_file_name("kmirror");
+    let src = Nisshi::start("throttle-src", 0, Storage::Memory, &dir.join("src.log"))?;
+    let mut rows = Vec::new();
+    for (i, rate) in rates.iter().enumerate() {
+        let topic = format!("throttle-{i}");
+        src.create_topic(&topic, partitions, &[])?;
+        let record = size + 8;
+        let bytes = rate * 1e6 * (secs as f64 + 6.0) * 1.3;
+        let n = (bytes / record as f64) as usize;
+        let t = Instant::now();
+        preload(&src.bootstrap(), &topic, partitions, n, size);
+        eprintln!(
+            "throttle bench: {n} records of {size} B preloaded in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        let dst = Nisshi::start(
+            &format!("throttle-dst-{i}"),
+            0,
+            Storage::Memory,
+            &dir.join(format!("dst-{i}.log")),
+        )?;
+        let listen = format!("127.0.0.1:{}", free_port());
+        let limit = (rate * 1e6) as u64;
+        let cfg = dir.join(format!("throttle-{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"t\"\ntopics = [\"{topic}\"]\nmax_bytes_per_second = {limit}\n",
+                src.bootstrap(),
+                dst.bootstrap()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut km = Command::new(&kmirror)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let bytes_of = |text: &str| -> f64 {
+            per_partition(text, "kmirror_bytes_total", "t")
+                .iter()
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let started = Instant::now();
+        while bytes_of(&metrics_text(&listen)) <= 0.0 {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = km.kill();
+                return Err("kmirror mirrored nothing within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let m0 = metrics_text(&listen);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(secs));
+        let m1 = metrics_text(&listen);
+        let dt = t0.elapsed().as_secs_f64();
+        let _ = km.kill();
+        let _ = km.wait();
+        let achieved = (bytes_of(&m1) - bytes_of(&m0)) / dt / 1e6;
+        let before: std::collections::HashMap<String, f64> =
+            per_partition(&m0, "kmirror_bytes_total", "t")
+                .into_iter()
+                .collect();
+        let shares: Vec<f64> = per_partition(&m1, "kmirror_bytes_total", "t")
+            .into_iter()
+            .map(|(p, v)| v - before.get(&p).copied().unwrap_or(0.0))
+            .collect();
+        let mean = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
+        let (lo, hi) = shares.iter().fold((f64::MAX, 0.0f64), |(lo, hi), s| {
+            (lo.min(s / mean), hi.max(s / mean))
+        });
+        let throttled = flow_value(&m1, "kmirror_throttled_seconds_total", "t")
+            - flow_value(&m0, "kmirror_throttled_seconds_total", "t");
+        let row = format!(
+            "limit {rate:>6.1} MB/s: achieved {achieved:>6.2} MB/s ({:>5.1}% of the limit), {} partitions, share of the mean min {lo:.2} max {hi:.2}, throttled {throttled:.1} s of {dt:.1} s",
+            achieved / rate * 100.0,
+            shares.len()
+        );
+        println!("throttle bench: {row}");
+        rows.push(row);
+    }
+    println!("\nthrottle bench ({size} B records, {partitions} partitions, {secs} s windows after a 3 s warm-up):");
+    for r in rows {
+        println!("  {r}");
+    }
     Ok(())
 }
 

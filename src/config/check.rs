@@ -134,6 +134,7 @@ const RUNTIME: &[Field] = &[
     f("consumer_queue_kbytes", Kind::Int),
     f("producer_queue_kbytes", Kind::Int),
     f("commit_interval", Kind::Duration),
+    f("max_bytes_per_second", Kind::Int),
 ];
 const FLOW: &[Field] = &[
     req("name", STR),
@@ -155,6 +156,7 @@ const FLOW: &[Field] = &[
     f("provenance_header", Kind::Bool),
     f("sync_group_offsets", Kind::Bool),
     f("start_from", Kind::StartFrom),
+    f("max_bytes_per_second", Kind::Int),
     f("refresh_topics_interval", Kind::Duration),
     f("sync_configs_interval", Kind::Duration),
     f("checkpoint_interval", Kind::Duration),

@@ -138,6 +138,11 @@ pub struct RuntimeConfig {
     /// this much traffic.
     #[serde(default = "default_commit_interval", deserialize_with = "de_duration")]
     pub commit_interval: Duration,
+    /// Bandwidth limit of the whole process in bytes per second (key +
+    /// value + headers of the records mirrored), on top of each flow's
+    /// own; 0 = none.
+    #[serde(default)]
+    pub max_bytes_per_second: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -148,6 +153,7 @@ impl Default for RuntimeConfig {
             consumer_queue_kbytes: default_consumer_queue_kbytes(),
             producer_queue_kbytes: default_producer_queue_kbytes(),
             commit_interval: default_commit_interval(),
+            max_bytes_per_second: 0,
         }
     }
 }
@@ -361,6 +367,11 @@ pub struct FlowConfig {
     /// starts: `earliest` (default), `latest` or an RFC 3339 timestamp.
     #[serde(default)]
     pub start_from: StartFrom,
+    /// Bandwidth limit of the flow in bytes per second (key + value +
+    /// headers of the records mirrored); 0 = none. Consumption waits,
+    /// nothing is dropped.
+    #[serde(default)]
+    pub max_bytes_per_second: u64,
     /// How often source topics are listed to find new ones.
     #[serde(default = "default_refresh", deserialize_with = "de_duration")]
     pub refresh_topics_interval: Duration,

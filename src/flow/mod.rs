@@ -30,6 +30,7 @@ pub mod eos;
 pub mod ledger;
 mod rebalance;
 pub mod slots;
+pub mod throttle;
 pub(crate) mod watchdog;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -466,6 +467,9 @@ pub struct Replicator {
     pub health: Arc<Health>,
     /// The flow's mirror set, published by discovery.
     pub mirror: watch::Receiver<Arc<MirrorSet>>,
+    /// The process-wide bandwidth limit (`[runtime] max_bytes_per_second`),
+    /// shared by every flow.
+    pub process_limit: Option<Arc<Mutex<throttle::TokenBucket>>>,
 }
 
 impl Replicator {
@@ -641,6 +645,10 @@ impl Replicator {
             last_house: Instant::now(),
             last_hold_check: Instant::now(),
             forwarded: 0,
+            limiter: throttle::Limiter::new(
+                Some(self.flow.max_bytes_per_second),
+                self.process_limit.clone(),
+            ),
             fatal_after,
             freeze_after: session / 2,
         };
@@ -716,6 +724,8 @@ struct FlowLoop {
     last_house: Instant,
     last_hold_check: Instant,
     forwarded: u64,
+    /// Bandwidth limits (see [`throttle`]).
+    limiter: throttle::Limiter,
     fatal_after: Option<u64>,
     /// A `poll` that returns this much later than asked (callbacks not
     /// counted) means the process was frozen: half the session timeout.
@@ -751,6 +761,11 @@ impl FlowLoop {
             since_check = (since_check + 1) % 64;
             if !self.pending.is_empty() {
                 self.wait_for_room();
+                since_check = 0;
+                continue;
+            }
+            if let Some(wait) = self.limiter.wait() {
+                self.throttled(wait);
                 since_check = 0;
                 continue;
             }
@@ -792,7 +807,10 @@ impl FlowLoop {
                     self.provenance_skip.as_deref(),
                     self.provenance_add.as_deref(),
                 ) {
-                    Forwarded::Done => None,
+                    Forwarded::Done => {
+                        self.limiter.debit(delivery::record_size(&msg));
+                        None
+                    }
                     Forwarded::Full(slot) => Some((slot, msg.detach())),
                 },
             };
@@ -1125,6 +1143,7 @@ impl FlowLoop {
                     self.provenance_add.as_deref(),
                 ) {
                     Forwarded::Done => {
+                        self.limiter.debit(delivery::record_size(msg));
                         self.pending.pop_front();
                     }
                     Forwarded::Full(_) => {
@@ -1168,6 +1187,19 @@ impl FlowLoop {
         if self.last_house.elapsed() >= Duration::from_millis(100) {
             self.housekeeping();
         }
+    }
+
+    /// Bandwidth limit: waits (at most 50 ms at a time, so that stops,
+    /// assignments and housekeeping are looked at) before the next record
+    /// is taken from the consumer.
+    fn throttled(&mut self, wait: Duration) {
+        let step = wait.min(Duration::from_millis(50));
+        std::thread::sleep(step);
+        self.sh
+            .metrics
+            .throttled
+            .with_label_values(&[&self.sh.flow])
+            .inc_by(step.as_secs_f64());
     }
 
     /// Stopping with records held back: none of them is sent, and the
