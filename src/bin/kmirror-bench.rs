@@ -973,18 +973,27 @@ fn throttle_bench(rates: &[f64], secs: u64, size: usize, partitions: i32) -> Res
         std::fs::write(
             &cfg,
             format!(
-                "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n[http]\nlisten = \"{listen}\"\n\n[[flow]]\nname = \"t\"\ntopics = [\"{topic}\"]\nmax_bytes_per_second = {limit}\n",
+                "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n[http]\nlisten = \"{listen}\"\n{}\n\n[[flow]]\nname = \"t\"\ntopics = [\"{topic}\"]\nmax_bytes_per_second = {limit}\n",
                 src.bootstrap(),
-                dst.bootstrap()
+                dst.bootstrap(),
+                std::env::var("KMIRROR_BENCH_EXTRA").unwrap_or_default().replace("\\n", "\n")
             ),
         )
         .map_err(|e| e.to_string())?;
         let mut km = Command::new(&kmirror)
             .args(["run", "--config"])
             .arg(&cfg)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KMIRROR_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var("KMIRROR_BENCH_LOG") {
+                Ok(path) => std::fs::File::create(path)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+                Err(_) => Stdio::null(),
+            })
             .spawn()
             .map_err(|e| e.to_string())?;
         let bytes_of = |text: &str| -> f64 {
@@ -1018,6 +1027,9 @@ fn throttle_bench(rates: &[f64], secs: u64, size: usize, partitions: i32) -> Res
             .into_iter()
             .map(|(p, v)| v - before.get(&p).copied().unwrap_or(0.0))
             .collect();
+        if std::env::var_os("KMIRROR_BENCH_SHARES").is_some() {
+            eprintln!("throttle bench: bytes per partition in the window: {shares:?}");
+        }
         let mean = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
         let (lo, hi) = shares.iter().fold((f64::MAX, 0.0f64), |(lo, hi), s| {
             (lo.min(s / mean), hi.max(s / mean))
