@@ -1,4 +1,4 @@
-//! Command line: `kmirror run | validate | plan | offsets`.
+//! Command line: `kmirror run | validate | plan | cutover | offsets`.
 
 use std::path::PathBuf;
 
@@ -72,6 +72,28 @@ pub enum Command {
         /// restart. Reads no cluster.
         #[arg(long, value_name = "RUNNING_FILE")]
         reload_from: Option<PathBuf>,
+    },
+    /// Move consumer groups to the target: wait until their consumers
+    /// stopped on the source, their topics are mirrored to the end and
+    /// checkpointed, then commit the translated offsets on the target.
+    /// Exit 0 done, 1 refused, 2 bad config, 3 timed out (run it again).
+    Cutover {
+        /// The configuration file (the one `kmirror run` uses).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A consumer group to move (repeat for several).
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// Records a partition may still lack in the target.
+        #[arg(long, default_value_t = 0)]
+        max_lag: i64,
+        /// Longest total wait before giving up (exit 3).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        /// Check each step once and write nothing (exit 3 at the first
+        /// step that is not met yet).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Consumer offsets on the target: translate, apply (failover).
     Offsets {

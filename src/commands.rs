@@ -33,6 +33,24 @@ pub fn dispatch(cmd: Command) -> u8 {
             None => plan(&config, format),
         },
         Command::Offsets { command } => offsets(command),
+        Command::Cutover {
+            config,
+            groups,
+            max_lag,
+            timeout,
+            dry_run,
+        } => match load_or_report(&config) {
+            Ok(c) => crate::cutover::run(
+                &c,
+                &crate::cutover::Request {
+                    groups,
+                    max_lag,
+                    timeout,
+                    dry_run,
+                },
+            ),
+            Err(code) => code,
+        },
     }
 }
 

@@ -38,6 +38,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod config_sync;
+pub mod cutover;
 pub mod devcluster;
 pub mod discovery;
 pub mod flow;
