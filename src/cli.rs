@@ -1,4 +1,4 @@
-//! Command line: `kmirror run | validate | plan | cutover | offsets`.
+//! Command line: `kmirror run | validate | plan | cutover | backfill | offsets`.
 
 use std::path::PathBuf;
 
@@ -95,6 +95,27 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Mirror a time window of a flow's topics once into the target and
+    /// exit with a report (for a window the target lacks). Exit 0 done,
+    /// 1 failed (named), 2 bad config or usage.
+    Backfill {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The flow whose topics (and settings) are used.
+        #[arg(long)]
+        flow: String,
+        /// Records with a timestamp at or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        from: i64,
+        /// Records with a timestamp before this RFC 3339 time (default:
+        /// up to each partition's end when the command starts).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        /// Print the window of each partition, copy nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Consumer offsets on the target: translate, apply (failover).
     Offsets {
         /// What to do with offsets.
@@ -130,6 +151,11 @@ pub enum OffsetsCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    crate::config::parse_rfc3339_ms(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-01T00:00:00Z: {e}"))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

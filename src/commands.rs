@@ -33,6 +33,24 @@ pub fn dispatch(cmd: Command) -> u8 {
             None => plan(&config, format),
         },
         Command::Offsets { command } => offsets(command),
+        Command::Backfill {
+            config,
+            flow,
+            from,
+            until,
+            dry_run,
+        } => match load_or_report(&config) {
+            Ok(c) => crate::backfill::run(
+                &c,
+                &crate::backfill::Request {
+                    flow,
+                    from_ms: from,
+                    until_ms: until,
+                    dry_run,
+                },
+            ),
+            Err(code) => code,
+        },
         Command::Cutover {
             config,
             groups,

@@ -33,6 +33,7 @@
 //! offset-sync point → checkpoints translate group offsets with them.
 
 pub mod app;
+pub mod backfill;
 pub mod chaos;
 pub mod cli;
 pub mod commands;
