@@ -15,10 +15,11 @@ use tracing::{error, info, warn};
 use crate::config::{Config, FlowConfig};
 use crate::config_sync::sync::ConfigSync;
 use crate::discovery::{self, Discovery, FlowRules, MirrorSet};
-use crate::flow::{offset_syncs_topic, Replicator};
+use crate::flow::Replicator;
 use crate::kafka::{self, KContext, Role};
 use crate::metrics::{self, Health, Metrics};
 use crate::offsets::codec::Heartbeat;
+use crate::offsets::offset_syncs_topic;
 
 /// Name of the heartbeats topic on the target.
 pub const HEARTBEATS_TOPIC: &str = "heartbeats";

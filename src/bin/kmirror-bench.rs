@@ -754,7 +754,7 @@ fn restart_bench(points: usize, history_partitions: usize) -> Result<(), String>
     let kmirror = me.with_file_name("kmirror");
     let src = Nisshi::start("restart-src", 0, Storage::Memory, &dir.join("src.log"))?;
     let dst = Nisshi::start("restart-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
-    let syncs = kmirror::flow::offset_syncs_topic("src");
+    let syncs = kmirror::offsets::offset_syncs_topic("src");
     dst.create_topic(&syncs, 1, &[("cleanup.policy", "delete")])?;
     let t = Instant::now();
     let p = bulk_producer(&dst.bootstrap());
@@ -875,7 +875,7 @@ fn points_bench(secs: u64, rate: u64) -> Result<(), String> {
         .spawn()
         .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_secs(5));
-    let syncs = kmirror::flow::offset_syncs_topic("src");
+    let syncs = kmirror::offsets::offset_syncs_topic("src");
     let count = || records_in(&dst.bootstrap(), &syncs);
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", src.bootstrap())

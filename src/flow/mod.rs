@@ -74,13 +74,13 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 const SYNC_FLAG: usize = 1 << 63;
 /// Slot index of a point that no slot waits for.
 const NO_SLOT: usize = slots::MAX_SLOTS;
+/// How long a partition must have been away before its per-partition
+/// series are removed.
+const SERIES_GRACE: Duration = Duration::from_secs(60);
 const OFFSET_BITS: u32 = 48;
 const OFFSET_MASK: usize = (1 << OFFSET_BITS) - 1;
 
-/// Name of the offset-sync topic on the target.
-pub fn offset_syncs_topic(source_alias: &str) -> String {
-    format!("kmirror-offset-syncs.{source_alias}.internal")
-}
+use crate::offsets::offset_syncs_topic;
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -645,6 +645,13 @@ impl Replicator {
             last_house: Instant::now(),
             last_hold_check: Instant::now(),
             forwarded: 0,
+            exported: BTreeSet::new(),
+            gone: BTreeMap::new(),
+            series_generation: u64::MAX,
+            series_grace: std::env::var("KMIRROR_TEST_SERIES_GRACE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(SERIES_GRACE, Duration::from_millis),
             limiter: throttle::Limiter::new(
                 Some(self.flow.max_bytes_per_second),
                 self.process_limit.clone(),
@@ -726,6 +733,14 @@ struct FlowLoop {
     forwarded: u64,
     /// Bandwidth limits (see [`throttle`]).
     limiter: throttle::Limiter,
+    /// Partitions whose per-partition series this process exported.
+    exported: BTreeSet<(String, i32)>,
+    /// Exported partitions no longer owned, since when.
+    gone: BTreeMap<(String, i32), Instant>,
+    /// The slot generation `exported` was compared at.
+    series_generation: u64,
+    /// [`SERIES_GRACE`], or `KMIRROR_TEST_SERIES_GRACE_MS` (tests).
+    series_grace: Duration,
     fatal_after: Option<u64>,
     /// A `poll` that returns this much later than asked (callbacks not
     /// counted) means the process was frozen: half the session timeout.
@@ -886,6 +901,11 @@ impl FlowLoop {
             }
             for t in self.subscribed.difference(&want) {
                 info!(flow = %self.flow(), topic = %t, "topic no longer selected; stopped mirroring it (records already mirrored stay)");
+                // Its per-topic series go (per-partition ones go when the
+                // partitions are released, see `housekeeping`).
+                let m = &self.sh.metrics;
+                let _ = m.replication_latency.remove_label_values(&[self.flow(), t]);
+                let _ = m.record_age.remove_label_values(&[self.flow(), t]);
             }
             self.subscribed = want;
         }
@@ -1189,6 +1209,50 @@ impl FlowLoop {
         }
     }
 
+    /// Partitions this process no longer owns lose their per-partition
+    /// series (records, bytes) once they have been away for
+    /// [`SERIES_GRACE`]: long enough that a rebalance which gives them
+    /// back (an eager rebalance revokes everything) does not reset them.
+    fn release_series(&mut self, slots: &[Arc<Slot>]) {
+        let now = Instant::now();
+        // The assignment changed (the generation moves on every assign
+        // and unassign): compare the exported partitions with the owned.
+        let generation = self.sh.generation.load(Ordering::Acquire);
+        if generation != self.series_generation {
+            self.series_generation = generation;
+            let owned: BTreeSet<(String, i32)> = slots
+                .iter()
+                .map(|s| (s.topic.clone(), s.partition))
+                .collect();
+            for k in &owned {
+                self.gone.remove(k);
+            }
+            for k in self.exported.difference(&owned) {
+                self.gone.entry(k.clone()).or_insert(now);
+            }
+            self.exported.extend(owned);
+        }
+        if self.gone.is_empty() {
+            return;
+        }
+        let expired: Vec<(String, i32)> = self
+            .gone
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= self.series_grace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (t, p) in expired {
+            let part = p.to_string();
+            let labels = [self.sh.flow.as_str(), t.as_str(), part.as_str()];
+            let m = &self.sh.metrics;
+            let _ = m.records.remove_label_values(&labels);
+            let _ = m.bytes.remove_label_values(&labels);
+            debug!(flow = %self.sh.flow, topic = %t, partition = p, "series of a partition this process no longer owns released");
+            self.gone.remove(&(t.clone(), p));
+            self.exported.remove(&(t, p));
+        }
+    }
+
     /// Bandwidth limit: waits (at most 50 ms at a time, so that stops,
     /// assignments and housekeeping are looked at) before the next record
     /// is taken from the consumer.
@@ -1278,6 +1342,7 @@ impl FlowLoop {
             self.stopped.retain(|k| owned.contains(k));
             self.holds.retain(|k, _| owned.contains(k));
         }
+        self.release_series(&slots);
         sh.idle_points(&slots, false);
         produce_syncs(
             &sh,

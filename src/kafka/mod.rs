@@ -43,7 +43,10 @@ pub fn client_config(cluster: &ClusterConfig, role: Role, client_id: &str) -> Cl
     c.set("client.id", client_id);
     c.set("log_level", "6");
     match role {
-        Role::Admin => {}
+        // rust-rdkafka's AdminClient is a librdkafka producer underneath.
+        Role::Admin => {
+            c.set("allow.auto.create.topics", "false");
+        }
         Role::Consumer => {
             // librdkafka's 1 s backoff after a full local queue halves a
             // back-pressured pipe; fetch again as soon as there is room.
@@ -58,6 +61,12 @@ pub fn client_config(cluster: &ClusterConfig, role: Role, client_id: &str) -> Cl
             // Retry forever: a refused or timed-out record must never be
             // dropped; the flow stops the partition on permanent errors.
             c.set("message.timeout.ms", "2147483647");
+            // A producer's metadata request for a topic that does not
+            // exist yet must not create it with the broker's defaults
+            // (librdkafka asks with auto-creation allowed by default):
+            // target topics are created by config sync alone, with the
+            // source's partition count and configs.
+            c.set("allow.auto.create.topics", "false");
         }
     }
     for (k, v) in cluster.properties.iter() {

@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{Checkpoint, OffsetSync};
+use super::offset_syncs_topic;
 use super::store::OffsetSyncStore;
 use crate::config::{ClusterConfig, FlowConfig};
 use crate::discovery::MirrorSet;
-use crate::flow::offset_syncs_topic;
 use crate::kafka::{self, reader, Follower, KContext, Role};
 use crate::metrics::Metrics;
 use crate::policy::NameFilter;
@@ -286,6 +286,18 @@ impl Checkpointer {
             .syncs
             .poll_chunks(dst, 50_000, |recs| feed(store, &recs))?;
         debug!(flow = %self.flow.name, new_points = read, stored = st.store.len(), topics = set.len(), "checkpoint run");
+        // Topics deleted or no longer mirrored: their points and the
+        // checkpoints remembered as written go (points of other flows'
+        // topics were never kept: `feed` takes every point, so filter by
+        // this flow's mirror set).
+        let dropped = st.store.retain_topics(|t| set.contains_key(t));
+        if dropped > 0 {
+            let targets: std::collections::HashSet<&str> =
+                set.values().map(|m| m.target.as_str()).collect();
+            st.written
+                .retain(|(_, t, _), _| targets.contains(t.as_str()));
+            debug!(flow = %self.flow.name, topics = dropped, "offset-sync points of topics no longer mirrored released");
+        }
         if set.is_empty() {
             return Ok(());
         }

@@ -4,6 +4,11 @@
 
 pub mod checkpoint;
 
+/// Name of the offset-sync topic on the target.
+pub fn offset_syncs_topic(source_alias: &str) -> String {
+    format!("kmirror-offset-syncs.{source_alias}.internal")
+}
+
 /// How many of the newest offset-sync points a process reads when it
 /// starts (checkpoints, exactly-once resume): what a restart reads, and
 /// the memory it takes, stay bounded however long kmirror has run. A

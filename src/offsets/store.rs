@@ -457,6 +457,15 @@ impl OffsetSyncStore {
             .translate(committed)
     }
 
+    /// Drops the points of every topic `keep` says no to (a topic deleted
+    /// or no longer mirrored): the store holds only what translation can
+    /// still need. Returns how many topics were dropped.
+    pub fn retain_topics(&mut self, keep: impl Fn(&str) -> bool) -> usize {
+        let before = self.partitions.len();
+        self.partitions.retain(|t, _| keep(t));
+        before - self.partitions.len()
+    }
+
     /// Number of points held, over all partitions.
     pub fn len(&self) -> usize {
         self.partitions
