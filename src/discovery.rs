@@ -223,6 +223,59 @@ pub async fn create_topic(
     Ok(created)
 }
 
+/// A topic to create: name, partitions, configs.
+pub type TopicSpec = (String, i32, Vec<(String, String)>);
+
+/// Creates topics with one CreateTopics request per
+/// [`crate::config_sync::sync::BATCH`]: per topic (name, partitions,
+/// configs), `Ok(true)` when this call created it, `Ok(false)` when it
+/// existed already, or the error; in order.
+pub async fn create_topics(
+    admin: &AdminClient<KContext>,
+    topics: &[TopicSpec],
+    replication_factor: i32,
+) -> Vec<Result<bool, String>> {
+    let mut out = Vec::with_capacity(topics.len());
+    for chunk in topics.chunks(crate::config_sync::sync::BATCH) {
+        let nts: Vec<NewTopic<'_>> = chunk
+            .iter()
+            .map(|(name, partitions, configs)| {
+                let mut nt = NewTopic::new(
+                    name,
+                    *partitions,
+                    TopicReplication::Fixed(replication_factor),
+                );
+                for (k, v) in configs {
+                    nt = nt.set(k, v);
+                }
+                nt
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        match admin.create_topics(nts.iter(), &opts).await {
+            Err(e) => out.extend(chunk.iter().map(|_| Err(e.to_string()))),
+            Ok(rs) => {
+                let mut by: HashMap<String, Result<bool, String>> = rs
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(t) => (t, Ok(true)),
+                        Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => (t, Ok(false)),
+                        Err((t, e)) => {
+                            let msg = format!("cannot create topic {t}: {e}");
+                            (t, Err(msg))
+                        }
+                    })
+                    .collect();
+                out.extend(chunk.iter().map(|(name, _, _)| {
+                    by.remove(name)
+                        .unwrap_or_else(|| Err(format!("cannot create topic {name}: no result")))
+                }));
+            }
+        }
+    }
+    out
+}
+
 /// Everything the discovery loop needs.
 pub struct Discovery {
     /// Source cluster.

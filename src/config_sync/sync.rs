@@ -54,32 +54,79 @@ pub async fn describe_topic(
         .describe_configs([&spec], &opts)
         .await
         .map_err(|e| format!("DescribeConfigs {topic}: {e}"))?;
-    let mut configs = BTreeMap::new();
+    let mut entries = Vec::new();
     for r in res {
         let r = r.map_err(|e| format!("DescribeConfigs {topic}: {e}"))?;
-        for e in r.entries {
-            // Some brokers (nisshi among them) report explicitly set topic
-            // properties with source Unknown; a non-default, non-read-only
-            // entry is then taken as set on the topic.
-            let mut source = source_of(e.source);
-            if source == ConfigSource::Unknown && !e.is_default && !e.is_read_only {
-                source = ConfigSource::DynamicTopic;
+        entries.extend(r.entries);
+    }
+    Ok(topic_state(entries, partitions))
+}
+
+/// Describes the configs of many topics with one DescribeConfigs request
+/// per [`BATCH`] topics; one result per topic, in order.
+pub async fn describe_topics(
+    admin: &AdminClient<KContext>,
+    topics: &[(String, i32)],
+) -> Vec<Result<TopicState, String>> {
+    let mut out = Vec::with_capacity(topics.len());
+    for chunk in topics.chunks(BATCH) {
+        let specs: Vec<ResourceSpecifier<'_>> = chunk
+            .iter()
+            .map(|(t, _)| ResourceSpecifier::Topic(t.as_str()))
+            .collect();
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+        match admin.describe_configs(specs.iter(), &opts).await {
+            Err(e) => {
+                let e = format!("DescribeConfigs of {} topic(s): {e}", chunk.len());
+                out.extend(chunk.iter().map(|_| Err(e.clone())));
             }
-            configs.insert(
-                e.name,
-                ConfigEntry {
-                    value: e.value,
-                    source,
-                    read_only: e.is_read_only,
-                    sensitive: e.is_sensitive,
-                },
-            );
+            Ok(results) => {
+                for ((topic, partitions), r) in chunk.iter().zip(
+                    results
+                        .into_iter()
+                        .map(Some)
+                        .chain(std::iter::repeat_with(|| None)),
+                ) {
+                    out.push(match r {
+                        None => Err(format!("DescribeConfigs {topic}: no result")),
+                        Some(Err(e)) => Err(format!("DescribeConfigs {topic}: {e}")),
+                        Some(Ok(r)) => Ok(topic_state(r.entries, *partitions)),
+                    });
+                }
+            }
         }
     }
-    Ok(TopicState {
+    out
+}
+
+/// Topics per admin request in the config-sync loop (DescribeConfigs,
+/// CreateTopics, CreatePartitions, IncrementalAlterConfigs).
+pub const BATCH: usize = 500;
+
+fn topic_state(entries: Vec<rdkafka::admin::ConfigEntry>, partitions: i32) -> TopicState {
+    let mut configs = BTreeMap::new();
+    for e in entries {
+        // Some brokers (nisshi among them) report explicitly set topic
+        // properties with source Unknown; a non-default, non-read-only
+        // entry is then taken as set on the topic.
+        let mut source = source_of(e.source);
+        if source == ConfigSource::Unknown && !e.is_default && !e.is_read_only {
+            source = ConfigSource::DynamicTopic;
+        }
+        configs.insert(
+            e.name,
+            ConfigEntry {
+                value: e.value,
+                source,
+                read_only: e.is_read_only,
+                sensitive: e.is_sensitive,
+            },
+        );
+    }
+    TopicState {
         partitions,
         configs,
-    })
+    }
 }
 
 /// Target properties kmirror set, per target topic.
@@ -177,8 +224,9 @@ pub fn policy_for(flow: &FlowConfig, managed: BTreeSet<String>) -> Result<Policy
     )
 }
 
-/// Waits (bounded) until the target's metadata lists `topic`.
-fn wait_visible(admin: &AdminClient<KContext>, topic: &str, timeout: Duration) {
+/// Waits (bounded) until the target's metadata lists every topic of
+/// `topics` (one metadata request per try, whatever their number).
+fn wait_visible(admin: &AdminClient<KContext>, topics: &[String], timeout: Duration) {
     let deadline = std::time::Instant::now() + timeout;
     tokio::task::block_in_place(|| {
         while std::time::Instant::now() < deadline {
@@ -186,9 +234,13 @@ fn wait_visible(admin: &AdminClient<KContext>, topic: &str, timeout: Duration) {
                 .inner()
                 .fetch_metadata(None, Duration::from_secs(2))
                 .map(|md| {
-                    md.topics()
+                    let present: HashSet<&str> = md
+                        .topics()
                         .iter()
-                        .any(|t| t.name() == topic && !t.partitions().is_empty())
+                        .filter(|t| !t.partitions().is_empty())
+                        .map(|t| t.name())
+                        .collect();
+                    topics.iter().all(|t| present.contains(t.as_str()))
                 })
                 .unwrap_or(false);
             if seen {
@@ -316,52 +368,66 @@ impl ConfigSync {
                 unreachable = false;
                 info!(flow = %self.flow.name, "config sync resumed: both clusters answer");
             }
+            // Batched: one admin request per `BATCH` topics for each
+            // kind of work, never one round trip per topic in series.
+            let todo: Vec<Mirror> = set
+                .values()
+                .filter(|m| {
+                    leading || m.target_partitions == 0 || m.target_partitions < m.partitions
+                })
+                // Created moments ago; discovery has not seen it yet.
+                .filter(|m| {
+                    !(m.target_partitions == 0
+                        && created_at
+                            .get(&m.target)
+                            .is_some_and(|t| t.elapsed() < Duration::from_secs(30)))
+                })
+                .cloned()
+                .collect();
             let mut created = false;
-            for m in set.values() {
+            let mut made: Vec<String> = Vec::new();
+            for chunk in todo.chunks(BATCH) {
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
-                if !leading && m.target_partitions != 0 && m.target_partitions >= m.partitions {
-                    continue;
+                let results = self
+                    .sync_batch(&src, &dst, chunk, &managed, leading, &mut reported)
+                    .await;
+                let mut saves = Vec::new();
+                for (m, r) in chunk.iter().zip(results) {
+                    let before = managed.0.get(&m.target).cloned().unwrap_or_default();
+                    match r {
+                        Ok((did_create, now)) => {
+                            if did_create {
+                                created_at.insert(m.target.clone(), std::time::Instant::now());
+                                made.push(m.target.clone());
+                            }
+                            created |= did_create;
+                            if now != before {
+                                saves.push((m.target.clone(), now.clone()));
+                                managed.0.insert(m.target.clone(), now);
+                            }
+                        }
+                        Err(e) => {
+                            self.metrics
+                                .errors
+                                .with_label_values(&[&self.flow.name, "config_sync"])
+                                .inc();
+                            if reported.insert(format!("describe/{}/{e}", m.source)) {
+                                warn!(flow = %self.flow.name, topic = %m.source, error = %e, "config sync failed for this topic; retrying next tick");
+                            }
+                        }
+                    }
                 }
-                let before = managed.0.get(&m.target).cloned().unwrap_or_default();
-                if m.target_partitions == 0
-                    && created_at
-                        .get(&m.target)
-                        .is_some_and(|t: &std::time::Instant| t.elapsed() < Duration::from_secs(30))
-                {
-                    // Created moments ago; discovery has not seen it yet.
-                    continue;
-                }
-                let span =
-                    tracing::info_span!("config_sync", flow = %self.flow.name, topic = %m.source);
-                let result = tracing::Instrument::instrument(
-                    self.sync_topic(&src, &dst, m, before.clone(), leading, &mut reported),
-                    span,
+                futures::future::join_all(
+                    saves
+                        .iter()
+                        .map(|(t, keys)| self.save_managed(&producer, &managed_topic, t, keys)),
                 )
                 .await;
-                match result {
-                    Ok((did_create, now)) => {
-                        if did_create {
-                            created_at.insert(m.target.clone(), std::time::Instant::now());
-                        }
-                        created |= did_create;
-                        if now != before {
-                            self.save_managed(&producer, &managed_topic, &m.target, &now)
-                                .await;
-                            managed.0.insert(m.target.clone(), now);
-                        }
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .errors
-                            .with_label_values(&[&self.flow.name, "config_sync"])
-                            .inc();
-                        if reported.insert(format!("describe/{}/{e}", m.source)) {
-                            warn!(flow = %self.flow.name, topic = %m.source, error = %e, "config sync failed for this topic; retrying next tick");
-                        }
-                    }
-                }
+            }
+            if !made.is_empty() {
+                wait_visible(&dst, &made, Duration::from_secs(10));
             }
             if created {
                 self.refresh.notify_one();
@@ -457,145 +523,239 @@ impl ConfigSync {
             .inc();
     }
 
-    /// Syncs one topic; returns (created, managed keys after).
-    async fn sync_topic(
+    /// Syncs a batch of topics: describes both sides (one request per
+    /// side), then creates topics, raises partition counts and alters
+    /// configs with one request each. Per topic: (created by this call,
+    /// managed keys after), or why it failed.
+    async fn sync_batch(
         &self,
         src: &AdminClient<KContext>,
         dst: &AdminClient<KContext>,
-        m: &Mirror,
-        managed: BTreeSet<String>,
+        mirrors: &[Mirror],
+        managed: &Managed,
         leading: bool,
         reported: &mut HashSet<String>,
-    ) -> Result<(bool, BTreeSet<String>), String> {
-        let policy = policy_for(&self.flow, managed.clone())?;
-        let plan = plan_topic(src, dst, m, &policy).await?;
-        let mut managed = managed;
-        let mut created = false;
-        let mut ops: Vec<ConfigOp> = Vec::new();
-        for a in &plan.actions {
-            if !leading
-                && !matches!(
-                    a,
-                    Action::CreateTopic { .. } | Action::CreatePartitions { .. }
-                )
-            {
-                // Config changes are the leader's.
-                continue;
+    ) -> Vec<Result<(bool, BTreeSet<String>), String>> {
+        let sources: Vec<(String, i32)> = mirrors
+            .iter()
+            .map(|m| (m.source.clone(), m.partitions))
+            .collect();
+        let existing: Vec<(String, i32)> = mirrors
+            .iter()
+            .filter(|m| m.target_partitions > 0)
+            .map(|m| (m.target.clone(), m.target_partitions))
+            .collect();
+        let described_src = describe_topics(src, &sources).await;
+        let mut described_dst: HashMap<String, Result<TopicState, String>> = existing
+            .iter()
+            .map(|(t, _)| t.clone())
+            .zip(describe_topics(dst, &existing).await)
+            .collect();
+        // Per topic: its plan (or error) and managed keys.
+        let mut out: Vec<Result<(bool, BTreeSet<String>), String>> = Vec::new();
+        let mut plans: Vec<Option<TopicPlan>> = Vec::new();
+        for (m, source) in mirrors.iter().zip(described_src) {
+            let keys = managed.0.get(&m.target).cloned().unwrap_or_default();
+            let plan = (|| -> Result<TopicPlan, String> {
+                let policy = policy_for(&self.flow, keys.clone())?;
+                let source = source?;
+                let target = match described_dst.remove(&m.target) {
+                    Some(t) => Some(t?),
+                    None => None,
+                };
+                let actions = diff::diff(&source, target.as_ref(), &policy);
+                Ok(TopicPlan {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    source_partitions: m.partitions,
+                    target_partitions: m.target_partitions,
+                    actions,
+                    excluded_configs: BTreeMap::new(),
+                })
+            })();
+            match plan {
+                Ok(p) => {
+                    out.push(Ok((false, keys)));
+                    plans.push(Some(p));
+                }
+                Err(e) => {
+                    out.push(Err(e));
+                    plans.push(None);
+                }
             }
-            match a {
-                Action::CreateTopic {
-                    partitions,
-                    configs,
-                } => {
-                    let cfgs: Vec<(&str, &str)> = configs
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
-                    match discovery::create_topic(
-                        dst,
-                        &m.target,
-                        *partitions,
-                        self.flow.replication_factor,
-                        &cfgs,
+        }
+        // Gather the work of every topic.
+        let mut creates: Vec<(usize, i32, BTreeMap<String, String>)> = Vec::new();
+        let mut grow: Vec<(usize, i32, i32)> = Vec::new();
+        let mut alters: Vec<(usize, Vec<ConfigOp>)> = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let Some(plan) = plan else { continue };
+            let mut ops = Vec::new();
+            for a in &plan.actions {
+                match a {
+                    Action::CreateTopic {
+                        partitions,
+                        configs,
+                    } => creates.push((i, *partitions, configs.clone())),
+                    Action::CreatePartitions { from, to } => grow.push((i, *from, *to)),
+                    // Config changes are the leader's.
+                    Action::SetConfig { key, to, .. } if leading => {
+                        ops.push(ConfigOp::Set(key.clone(), to.clone()))
+                    }
+                    Action::DeleteConfig { key, .. } if leading => {
+                        ops.push(ConfigOp::Delete(key.clone()))
+                    }
+                    _ => {}
+                }
+            }
+            if !ops.is_empty() {
+                alters.push((i, ops));
+            }
+        }
+        // Create topics.
+        if !creates.is_empty() {
+            let specs: Vec<discovery::TopicSpec> = creates
+                .iter()
+                .map(|(i, n, c)| {
+                    (
+                        mirrors[*i].target.clone(),
+                        *n,
+                        c.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     )
-                    .await
-                    {
-                        Ok(made) => {
-                            self.count(a.op(), true);
-                            created = true;
+                })
+                .collect();
+            let results = discovery::create_topics(dst, &specs, self.flow.replication_factor).await;
+            for ((i, partitions, configs), r) in creates.iter().zip(results) {
+                let m = &mirrors[*i];
+                match r {
+                    Ok(made) => {
+                        self.count("create_topic", true);
+                        if let Ok((created, keys)) = &mut out[*i] {
+                            *created = true;
                             if made {
                                 // Only a topic this call created carries
                                 // properties kmirror set; one that someone
                                 // else created meanwhile is not claimed.
-                                managed.extend(configs.keys().cloned());
-                                info!(flow = %self.flow.name, topic = %m.source, target = %m.target, partitions, configs = configs.len(), "created target topic");
+                                keys.extend(configs.keys().cloned());
                             }
-                            wait_visible(dst, &m.target, Duration::from_secs(10));
                         }
-                        Err(e) => {
-                            self.count(a.op(), false);
-                            if reported.insert(format!("create/{}/{e}", m.target)) {
-                                error!(flow = %self.flow.name, topic = %m.source, target = %m.target, error = %e, "cannot create the target topic; its records wait until it exists");
-                            }
+                        if made {
+                            info!(flow = %self.flow.name, topic = %m.source, target = %m.target, partitions, configs = configs.len(), "created target topic");
                         }
                     }
-                }
-                Action::SetConfig { key, to, .. } => {
-                    ops.push(ConfigOp::Set(key.clone(), to.clone()))
-                }
-                Action::DeleteConfig { key, .. } => ops.push(ConfigOp::Delete(key.clone())),
-                Action::CreatePartitions { from, to } => {
-                    let np = NewPartitions::new(&m.target, *to as usize);
-                    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-                    let r = dst
-                        .create_partitions([&np], &opts)
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|rs| match rs.into_iter().next() {
-                            Some(Err((_, e))) => Err(e.to_string()),
-                            _ => Ok(()),
-                        });
-                    match r {
-                        Ok(()) => {
-                            self.count(a.op(), true);
-                            info!(flow = %self.flow.name, topic = %m.source, target = %m.target, from, to, "raised the target partition count");
-                            created = true;
-                        }
-                        Err(e) => {
-                            self.count(a.op(), false);
-                            if reported.insert(format!("partitions/{}/{to}", m.target)) {
-                                error!(flow = %self.flow.name, topic = %m.source, target = %m.target, from, to, error = %e,
-                                    "cannot raise the target partition count; partitions {from}..{} stay held (not mirrored, not remapped) until the target has them", to - 1);
-                            }
+                    Err(e) => {
+                        self.count("create_topic", false);
+                        if reported.insert(format!("create/{}/{e}", m.target)) {
+                            error!(flow = %self.flow.name, topic = %m.source, target = %m.target, error = %e, "cannot create the target topic; its records wait until it exists");
                         }
                     }
                 }
             }
         }
-        if !ops.is_empty() {
-            let changes = vec![(m.target.clone(), ops.clone())];
+        // Raise partition counts.
+        if !grow.is_empty() {
+            let nps: Vec<NewPartitions<'_>> = grow
+                .iter()
+                .map(|(i, _, to)| NewPartitions::new(&mirrors[*i].target, *to as usize))
+                .collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+            let results: Vec<Result<(), String>> =
+                match dst.create_partitions(nps.iter(), &opts).await {
+                    Err(e) => grow.iter().map(|_| Err(e.to_string())).collect(),
+                    Ok(rs) => {
+                        let mut by: HashMap<String, Result<(), String>> = rs
+                            .into_iter()
+                            .map(|r| match r {
+                                Ok(t) => (t, Ok(())),
+                                Err((t, e)) => (t, Err(e.to_string())),
+                            })
+                            .collect();
+                        grow.iter()
+                            .map(|(i, _, _)| {
+                                by.remove(&mirrors[*i].target)
+                                    .unwrap_or_else(|| Err("no result".into()))
+                            })
+                            .collect()
+                    }
+                };
+            for ((i, from, to), r) in grow.iter().zip(results) {
+                let m = &mirrors[*i];
+                match r {
+                    Ok(()) => {
+                        self.count("create_partitions", true);
+                        info!(flow = %self.flow.name, topic = %m.source, target = %m.target, from, to, "raised the target partition count");
+                        if let Ok((created, _)) = &mut out[*i] {
+                            *created = true;
+                        }
+                    }
+                    Err(e) => {
+                        self.count("create_partitions", false);
+                        if reported.insert(format!("partitions/{}/{to}", m.target)) {
+                            error!(flow = %self.flow.name, topic = %m.source, target = %m.target, from, to, error = %e,
+                                "cannot raise the target partition count; partitions {from}..{} stay held (not mirrored, not remapped) until the target has them", to - 1);
+                        }
+                    }
+                }
+            }
+        }
+        // Alter configs.
+        if !alters.is_empty() {
+            let changes: Vec<(String, Vec<ConfigOp>)> = alters
+                .iter()
+                .map(|(i, ops)| (mirrors[*i].target.clone(), ops.clone()))
+                .collect();
             let client = dst.inner();
             let res = tokio::task::block_in_place(|| {
                 incremental_alter_topic_configs(client, &changes, Duration::from_secs(30))
             });
-            let result = match res {
-                Ok(mut v) => v.pop().map(|(_, r)| r).unwrap_or(Ok(())),
-                Err(e) => Err(e),
+            let mut by: HashMap<String, Result<(), String>> = match res {
+                Ok(v) => v.into_iter().collect(),
+                Err(e) => changes
+                    .iter()
+                    .map(|(t, _)| (t.clone(), Err(e.clone())))
+                    .collect(),
             };
-            for op in &ops {
-                let (name, label) = match op {
-                    ConfigOp::Set(k, _) => (k, "set_config"),
-                    ConfigOp::Delete(k) => (k, "delete_config"),
-                };
-                self.count(label, result.is_ok());
-                if result.is_ok() {
-                    match op {
-                        ConfigOp::Set(..) => {
-                            managed.insert(name.clone());
-                        }
-                        ConfigOp::Delete(_) => {
-                            managed.remove(name);
+            for (i, ops) in &alters {
+                let m = &mirrors[*i];
+                let result = by
+                    .remove(&m.target)
+                    .unwrap_or_else(|| Err("no result".into()));
+                for op in ops {
+                    let (name, label) = match op {
+                        ConfigOp::Set(k, _) => (k, "set_config"),
+                        ConfigOp::Delete(k) => (k, "delete_config"),
+                    };
+                    self.count(label, result.is_ok());
+                    if let (Ok(()), Ok((_, keys))) = (&result, &mut out[*i]) {
+                        match op {
+                            ConfigOp::Set(..) => {
+                                keys.insert(name.clone());
+                            }
+                            ConfigOp::Delete(_) => {
+                                keys.remove(name);
+                            }
                         }
                     }
                 }
-            }
-            match &result {
-                Ok(()) => {
-                    for a in plan.actions.iter().filter(|a| {
-                        matches!(a, Action::SetConfig { .. } | Action::DeleteConfig { .. })
-                    }) {
-                        info!(flow = %self.flow.name, topic = %m.source, target = %m.target, "config synced: {a}");
+                let actions = plans[*i].as_ref().map(|p| &p.actions[..]).unwrap_or(&[]);
+                match &result {
+                    Ok(()) => {
+                        for a in actions.iter().filter(|a| {
+                            matches!(a, Action::SetConfig { .. } | Action::DeleteConfig { .. })
+                        }) {
+                            info!(flow = %self.flow.name, topic = %m.source, target = %m.target, "config synced: {a}");
+                        }
                     }
-                }
-                Err(e) => {
-                    let what: Vec<String> = plan.actions.iter().map(|a| a.to_string()).collect();
-                    if reported.insert(format!("alter/{}/{}", m.target, what.join(";"))) {
-                        error!(flow = %self.flow.name, topic = %m.source, target = %m.target, error = %e, changes = ?what,
-                            "the target refused the config change; the data path goes on");
+                    Err(e) => {
+                        let what: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+                        if reported.insert(format!("alter/{}/{}", m.target, what.join(";"))) {
+                            error!(flow = %self.flow.name, topic = %m.source, target = %m.target, error = %e, changes = ?what,
+                                "the target refused the config change; the data path goes on");
+                        }
                     }
                 }
             }
         }
-        Ok((created, managed))
+        out
     }
 }
