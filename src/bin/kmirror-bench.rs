@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --bin kmirror-bench -- [--records N] [--size BYTES] [--partitions P] [--rss-partitions P2] [--rss-records N2] [--rounds R]
+//! cargo run --release --bin kmirror-bench -- scale [--topics 5000] [--partitions 2] [--groups 200]
 //! cargo run --release --bin kmirror-bench -- throttle [--rates 10,50] [--seconds 10] [--size 1024] [--partitions 8]
 //! ```
 //!
@@ -84,6 +85,17 @@ fn main() {
         let size: usize = arg(&args, "--size", 1024);
         let partitions: i32 = arg(&args, "--partitions", 8);
         if let Err(e) = throttle_bench(&rates, secs, size, partitions) {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("scale") {
+        // Many topics: time to create, mirror and checkpoint; RSS; /metrics.
+        let topics: usize = arg(&args, "--topics", 5000);
+        let partitions: i32 = arg(&args, "--partitions", 2);
+        let groups: usize = arg(&args, "--groups", 200);
+        if let Err(e) = scale_bench(topics, partitions, groups) {
             eprintln!("bench failed: {e}");
             std::process::exit(1);
         }
@@ -1048,6 +1060,174 @@ fn throttle_bench(rates: &[f64], secs: u64, size: usize, partitions: i32) -> Res
     for r in rows {
         println!("  {r}");
     }
+    Ok(())
+}
+
+/// `topics` source topics of `partitions` partitions, one record in each
+/// partition, `groups` consumer groups each committed on one topic; then
+/// kmirror with one flow over all of them. Measures the time until every
+/// target topic exists, until every record is mirrored, until every group
+/// has a checkpoint; kmirror's peak RSS; the size of `/metrics`.
+fn scale_bench(topics: usize, partitions: i32, groups: usize) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let dir = tempfile_dir()?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let kmirror = me.with_file_name("kmirror");
+    let src = Nisshi::start("scale-src", 0, Storage::Memory, &dir.join("src.log"))?;
+    let dst = Nisshi::start("scale-dst", 0, Storage::Memory, &dir.join("dst.log"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let admin: AdminClient<DefaultClientContext> =
+        src.client_config().create().map_err(|e| e.to_string())?;
+    let names: Vec<String> = (0..topics).map(|i| format!("scale-{i:05}")).collect();
+    let t = Instant::now();
+    for chunk in names.chunks(500) {
+        let nts: Vec<NewTopic<'_>> = chunk
+            .iter()
+            .map(|n| {
+                NewTopic::new(n, partitions, TopicReplication::Fixed(1))
+                    .set("retention.ms", "86400000")
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+        rt.block_on(admin.create_topics(nts.iter(), &opts))
+            .map_err(|e| e.to_string())?;
+    }
+    let p = bulk_producer(&src.bootstrap());
+    for n in &names {
+        for part in 0..partitions {
+            let rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(n)
+                .partition(part)
+                .key("k")
+                .payload(&b"v"[..]);
+            send_retrying(&p, rec);
+        }
+    }
+    p.flush(Duration::from_secs(120))
+        .map_err(|e| e.to_string())?;
+    for g in 0..groups {
+        let c: BaseConsumer = src
+            .client_config()
+            .set("group.id", format!("g-{g:04}"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&names[g % topics], 0, Offset::Offset(1))
+            .map_err(|e| e.to_string())?;
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "scale bench: {topics} topics x {partitions} partitions, one record each, {groups} groups, made in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.join("scale.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n[http]\nlisten = \"{listen}\"\n{}\n\n[[flow]]\nname = \"s\"\ntopics = [\"scale-.*\"]\ngroups = [\"g-.*\"]\nrefresh_topics_interval = \"5s\"\ncheckpoint_interval = \"5s\"\n",
+            src.bootstrap(),
+            dst.bootstrap(),
+            std::env::var("KMIRROR_BENCH_EXTRA").unwrap_or_default().replace("\\n", "\n")
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(dir.join("kmirror.log")).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut km = Command::new(&kmirror)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = km.id();
+    let target_client: BaseConsumer = dst.client_config().create().map_err(|e| e.to_string())?;
+    let want_records = (topics as i64) * partitions as i64;
+    let (mut created_at, mut mirrored_at, mut checkpointed_at) = (None, None, None);
+    let mut peak_metrics = 0usize;
+    let mut series = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline
+        && (created_at.is_none() || mirrored_at.is_none() || checkpointed_at.is_none())
+    {
+        std::thread::sleep(Duration::from_millis(500));
+        let elapsed = started.elapsed();
+        if created_at.is_none() {
+            if let Ok(md) = target_client.fetch_metadata(None, Duration::from_secs(10)) {
+                let n = md
+                    .topics()
+                    .iter()
+                    .filter(|t| {
+                        t.name().starts_with("src.scale-")
+                            && t.partitions().len() == partitions as usize
+                    })
+                    .count();
+                if n == topics {
+                    created_at = Some(elapsed);
+                }
+            }
+        }
+        let m = metrics_text(&listen);
+        peak_metrics = peak_metrics.max(m.len());
+        series = series.max(
+            m.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .count(),
+        );
+        if mirrored_at.is_none() {
+            let sum: f64 = m
+                .lines()
+                .filter(|l| l.starts_with("kmirror_records_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if sum as i64 >= want_records {
+                mirrored_at = Some(elapsed);
+            }
+        }
+        if checkpointed_at.is_none() {
+            let n = m
+                .lines()
+                .filter(|l| {
+                    l.starts_with("kmirror_checkpoints_total{flow=\"s\",group=\"g-")
+                        && !l.ends_with(" 0")
+                })
+                .count();
+            if n >= groups {
+                checkpointed_at = Some(elapsed);
+            }
+        }
+    }
+    let (_, rss) = proc_stats(pid);
+    let _ = km.kill();
+    let _ = km.wait();
+    let show = |d: Option<Duration>| {
+        d.map_or("not within 600 s".to_string(), |d| {
+            format!("{:.1} s", d.as_secs_f64())
+        })
+    };
+    println!("scale bench: {topics} topics x {partitions} partitions, {groups} groups");
+    println!("  every target topic created:     {}", show(created_at));
+    println!("  every record mirrored:          {}", show(mirrored_at));
+    println!(
+        "  every group checkpointed:       {}",
+        show(checkpointed_at)
+    );
+    println!(
+        "  kmirror peak RSS:               {:.1} MiB",
+        rss as f64 / 1048576.0
+    );
+    println!(
+        "  /metrics:                       {:.2} MB at most, {series} series",
+        peak_metrics as f64 / 1e6
+    );
+    println!("  kmirror log: {}", dir.join("kmirror.log").display());
     Ok(())
 }
 
