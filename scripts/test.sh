@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-nisshi.sh
+# kubernetes-validate (PyPI), for tests/kubernetes.rs.
+bash scripts/install-test-tools.sh
 # Debian packages the tests need: the openssl CLI (the security tests make
 # their test CA with it) and promtool (tests/alerts.rs checks the alert
 # rules; Debian's prometheus package ships it).

@@ -120,7 +120,8 @@ fn run(path: &Path, watch: bool) -> u8 {
 }
 
 /// SIGHUP, and with `watch` a change of the file's modification time or
-/// size (looked at every second), each send a reload request.
+/// size or of a secret file it names (looked at every second), each send a
+/// reload request.
 fn spawn_reload_triggers(
     path: &Path,
     watch: bool,
@@ -147,10 +148,20 @@ fn spawn_reload_triggers(
     }
     let path = path.to_path_buf();
     tokio::spawn(async move {
+        // The file's modification time and size, and the contents of the
+        // secret files it names (`${file:PATH}`: a Kubernetes Secret
+        // mounted as files changes them in place), hashed.
+        let files = regex::Regex::new(r"\$\{file:([^}]+)\}").expect("valid regex");
         let stamp = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
+            use std::hash::{Hash, Hasher};
+            let meta = std::fs::metadata(p).ok()?;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            for c in files.captures_iter(&text) {
+                c[1].hash(&mut h);
+                std::fs::read(c[1].trim()).ok().hash(&mut h);
+            }
+            Some((meta.modified().ok(), meta.len(), h.finish()))
         };
         let mut last = stamp(&path);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -162,7 +173,7 @@ fn spawn_reload_triggers(
             let now = stamp(&path);
             if now != last && now.is_some() {
                 last = now;
-                tracing::info!(file = %path.display(), "the configuration file changed: reloading");
+                tracing::info!(file = %path.display(), "the configuration file (or a secret file it names) changed: reloading");
                 if tx.send("--watch").is_err() {
                     return;
                 }

@@ -118,3 +118,39 @@ fn reload_starts_stops_and_leaves_unchanged_flows_alone() {
         assert!(hits.is_empty(), "flow a was touched by a reload: {hits:#?}");
     }
 }
+
+/// `--watch` also reloads when a secret file the configuration names
+/// (`${file:PATH}`) changes: a Kubernetes Secret mounted as files is
+/// updated in place, and the new value reaches the clients.
+#[test]
+fn watch_reloads_when_a_secret_file_changes() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let t = unique("sec");
+    src.create_topic(&t, 1, &[]);
+    src.produce(&t, &numbered(0, 100, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-rack");
+    std::fs::write(&secret, "rack-a\n").unwrap();
+    let listen = http_listen();
+    let body = format!(
+        "[source.properties]\n\"client.rack\" = \"${{file:{}}}\"\n\n{}",
+        secret.display(),
+        flow_toml(&listen, &t, "")
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &body);
+    let k = KmirrorProc::start_with(&cfg, &dir.path().join("kmirror.log"), &[], &["--watch"]);
+    wait_count(&dst, &format!("src.{t}"), 100, Duration::from_secs(60), &k);
+    let before = reloads(&listen, "applied");
+    std::fs::write(&secret, "rack-b\n").unwrap();
+    wait_reloads(&listen, "applied", before + 1.0, &k);
+    assert!(
+        k.log_text()
+            .contains("the configuration file (or a secret file it names) changed: reloading"),
+        "{}",
+        k.log_text()
+    );
+    // Mirroring goes on with the new clients.
+    src.produce(&t, &numbered(100, 50, 1));
+    wait_count(&dst, &format!("src.{t}"), 150, Duration::from_secs(60), &k);
+}
