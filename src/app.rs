@@ -167,6 +167,7 @@ pub async fn run_reloadable(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
+    metrics.set_level(config.http.metrics_level);
     if !config.http.listen.is_empty() {
         let addr = config.http.listen.parse()?;
         metrics::serve(addr, metrics.clone(), health.clone(), shutdown.clone())
@@ -475,6 +476,9 @@ impl Engine {
         info!(trigger = why, changes = %plan, "configuration reload: applying");
         if new.http.listen != old.http.listen {
             warn!(running = %old.http.listen, file = %new.http.listen, "[http] listen changes need a restart; the running address is kept");
+        }
+        if new.http.metrics_level != old.http.metrics_level {
+            warn!(running = ?old.http.metrics_level, file = ?new.http.metrics_level, "[http] metrics_level changes need a restart; the running level is kept");
         }
         // Stop first (drain, commit), then start: a topic that moves from
         // one flow to another is never mirrored by both.

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub checkpoint_last_success: GaugeVec,
     /// 1 when `/readyz` would answer 200 (set at each scrape).
     pub ready: IntGauge,
+    /// [`crate::config::MetricsLevel`] as a number (0 flow, 1 topic, 2
+    /// partition).
+    level: std::sync::atomic::AtomicU8,
     /// Time the flow waited for its bandwidth limit.
     pub throttled: prometheus::CounterVec,
     /// Checkpoint records written, per group.
@@ -177,12 +180,47 @@ impl Metrics {
                 g
             },
             registry: r,
+            level: std::sync::atomic::AtomicU8::new(0),
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m.heartbeats.inc_by(0);
         m
+    }
+
+    /// Sets how fine the data-path series are (`[http] metrics_level`).
+    pub fn set_level(&self, level: crate::config::MetricsLevel) {
+        use crate::config::MetricsLevel as L;
+        let n = match level {
+            L::Flow => 0,
+            L::Topic => 1,
+            L::Partition => 2,
+        };
+        self.level.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The `topic` label value at this level ("" at flow level).
+    pub fn topic_label<'a>(&self, topic: &'a str) -> &'a str {
+        if self.level.load(std::sync::atomic::Ordering::Relaxed) >= 1 {
+            topic
+        } else {
+            ""
+        }
+    }
+
+    /// The `partition` label value at this level ("" below partition).
+    pub fn partition_label(&self, partition: i32) -> String {
+        if self.per_partition() {
+            partition.to_string()
+        } else {
+            String::new()
+        }
+    }
+
+    /// True at partition level.
+    pub fn per_partition(&self) -> bool {
+        self.level.load(std::sync::atomic::Ordering::Relaxed) >= 2
     }
 
     /// Creates the label sets a flow always exports, so that dashboards see

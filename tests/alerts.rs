@@ -111,6 +111,18 @@ fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
         if missing.is_empty() {
             assert!(m.contains("# TYPE kmirror_lag_seconds gauge"));
             assert_eq!(series(&m, "kmirror_ready "), vec![1.0], "{m}");
+            // The default level: one data-path series per flow, however
+            // many topics and partitions.
+            assert_eq!(
+                series(&m, "kmirror_records_total{"),
+                vec![200.0],
+                "one records series for the flow\n{m}"
+            );
+            assert!(
+                m.contains("kmirror_records_total{flow=\"f\",partition=\"\",topic=\"\"} 200"),
+                "{m}"
+            );
+            assert_eq!(series(&m, "kmirror_lag_records{").len(), 1, "{m}");
             let stamp = series(&m, "kmirror_checkpoint_last_success_timestamp_seconds{");
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -140,7 +152,7 @@ fn lag_seconds_is_zero_when_caught_up_and_grows_while_the_target_is_down() {
     src.produce(&topic, &numbered(0, 100, 2));
     let dir = tempfile::tempdir().unwrap();
     let listen = http_listen();
-    let flow = flow_toml(&listen, &topic, "");
+    let flow = detailed(&flow_toml(&listen, &topic, ""));
     let cfg = write_config(dir.path(), &src, &dst, &flow);
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     let target = format!("src.{topic}");

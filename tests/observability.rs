@@ -23,7 +23,7 @@ fn records_total_sums_to_n_and_lag_falls_to_zero() {
     src.produce(&topic, &numbered(0, 1500, 3));
     let dir = tempfile::tempdir().unwrap();
     let listen = http_listen();
-    let flow = flow_toml(&listen, &topic, "");
+    let flow = detailed(&flow_toml(&listen, &topic, ""));
     let cfg = write_config(dir.path(), &src, &dst, &flow);
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     wait_count(

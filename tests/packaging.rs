@@ -597,7 +597,12 @@ fn dashboard_metrics_are_all_exported() {
 
     let dir = tempfile::tempdir().unwrap();
     let addr = http_listen();
-    let cfg = write_config(dir.path(), &source, &target, &flow_toml(&addr, &topic, ""));
+    let cfg = write_config(
+        dir.path(),
+        &source,
+        &target,
+        &detailed(&flow_toml(&addr, &topic, "")),
+    );
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     let metrics = || {
         http_get(&addr, "/metrics")

@@ -54,8 +54,8 @@ fn series_of_moved_partitions_and_deleted_topics_are_released() {
     std::fs::create_dir_all(&da).unwrap();
     std::fs::create_dir_all(&db).unwrap();
     let pattern = format!("{stem}-.*");
-    let ca = write_config(&da, &src, &dst, &flow_toml(&la, &pattern, ""));
-    let cb = write_config(&db, &src, &dst, &flow_toml(&lb, &pattern, ""));
+    let ca = write_config(&da, &src, &dst, &detailed(&flow_toml(&la, &pattern, "")));
+    let cb = write_config(&db, &src, &dst, &detailed(&flow_toml(&lb, &pattern, "")));
     let a = KmirrorProc::start_env(&ca, &da.join("kmirror.log"), &env);
     wait_count(
         &dst,

@@ -985,7 +985,7 @@ fn throttle_bench(rates: &[f64], secs: u64, size: usize, partitions: i32) -> Res
         std::fs::write(
             &cfg,
             format!(
-                "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n[http]\nlisten = \"{listen}\"\n{}\n\n[[flow]]\nname = \"t\"\ntopics = [\"{topic}\"]\nmax_bytes_per_second = {limit}\n",
+                "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n[http]\nlisten = \"{listen}\"\nmetrics_level = \"partition\"\n{}\n\n[[flow]]\nname = \"t\"\ntopics = [\"{topic}\"]\nmax_bytes_per_second = {limit}\n",
                 src.bootstrap(),
                 dst.bootstrap(),
                 std::env::var("KMIRROR_BENCH_EXTRA").unwrap_or_default().replace("\\n", "\n")

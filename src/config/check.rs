@@ -127,7 +127,13 @@ const CLUSTER: &[Field] = &[
     req("bootstrap_servers", ISTR),
     f("properties", Kind::Props),
 ];
-const HTTP: &[Field] = &[f("listen", ISTR)];
+const HTTP: &[Field] = &[
+    f("listen", ISTR),
+    f(
+        "metrics_level",
+        Kind::Choice(&["flow", "topic", "partition"]),
+    ),
+];
 const RUNTIME: &[Field] = &[
     f("shutdown_timeout", Kind::Duration),
     f("group_instance_id", ISTR),

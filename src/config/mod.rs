@@ -96,12 +96,31 @@ pub struct HttpConfig {
     /// `host:port` to listen on; `""` disables the HTTP server.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// How fine the data-path series are: per flow (default), per topic,
+    /// or per partition.
+    #[serde(default)]
+    pub metrics_level: MetricsLevel,
+}
+
+/// Detail of the data-path metrics (records, bytes, lag, latency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsLevel {
+    /// One series per flow (`topic` and `partition` labels empty): the
+    /// number of series does not grow with topics or partitions.
+    #[default]
+    Flow,
+    /// Per topic (`partition` empty).
+    Topic,
+    /// Per partition.
+    Partition,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            metrics_level: MetricsLevel::default(),
         }
     }
 }

@@ -33,7 +33,7 @@ pub mod slots;
 pub mod throttle;
 pub(crate) mod watchdog;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -236,8 +236,9 @@ impl Shared {
         target: &str,
     ) -> Result<(usize, Arc<Slot>), String> {
         let m = &self.metrics;
-        let p = partition.to_string();
-        let labels = [self.flow.as_str(), topic, p.as_str()];
+        let p = m.partition_label(partition);
+        let t = m.topic_label(topic);
+        let labels = [self.flow.as_str(), t, p.as_str()];
         let slot = Arc::new(Slot::new(
             topic,
             partition,
@@ -247,9 +248,8 @@ impl Shared {
                 m.bytes.with_label_values(&labels),
             ],
             [
-                m.replication_latency
-                    .with_label_values(&[&self.flow, topic]),
-                m.record_age.with_label_values(&[&self.flow, topic]),
+                m.replication_latency.with_label_values(&[&self.flow, t]),
+                m.record_age.with_label_values(&[&self.flow, t]),
             ],
         ));
         let idx = {
@@ -266,9 +266,12 @@ impl Shared {
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         let p = partition.to_string();
-        let labels = [self.flow.as_str(), topic, p.as_str()];
-        let _ = self.metrics.lag.remove_label_values(&labels);
-        let _ = self.metrics.lag_seconds.remove_label_values(&labels);
+        // (Coarser levels aggregate: the next statistics recompute them.)
+        if self.metrics.per_partition() {
+            let labels = [self.flow.as_str(), topic, p.as_str()];
+            let _ = self.metrics.lag.remove_label_values(&labels);
+            let _ = self.metrics.lag_seconds.remove_label_values(&labels);
+        }
     }
 
     /// The assigned partitions' slots, with their indexes.
@@ -611,6 +614,7 @@ impl Replicator {
                 backpressured: AtomicBool::new(false),
                 callbacks: Mutex::new(Duration::ZERO),
                 start_from: self.flow.start_from,
+                lag_series: Mutex::new(HashSet::new()),
             },
         )?;
         info!(flow = %flow, group = %group, delivery = %self.flow.delivery, "flow started");
@@ -904,8 +908,17 @@ impl FlowLoop {
                 // Its per-topic series go (per-partition ones go when the
                 // partitions are released, see `housekeeping`).
                 let m = &self.sh.metrics;
-                let _ = m.replication_latency.remove_label_values(&[self.flow(), t]);
-                let _ = m.record_age.remove_label_values(&[self.flow(), t]);
+                if !m.topic_label(t).is_empty() {
+                    let _ = m.replication_latency.remove_label_values(&[self.flow(), t]);
+                    let _ = m.record_age.remove_label_values(&[self.flow(), t]);
+                    if !m.per_partition() {
+                        for name in [&m.records, &m.bytes] {
+                            let _ = name.remove_label_values(&[self.flow(), t, ""]);
+                        }
+                        let _ = m.lag.remove_label_values(&[self.flow(), t, ""]);
+                        let _ = m.lag_seconds.remove_label_values(&[self.flow(), t, ""]);
+                    }
+                }
             }
             self.subscribed = want;
         }
@@ -1214,6 +1227,9 @@ impl FlowLoop {
     /// [`SERIES_GRACE`]: long enough that a rebalance which gives them
     /// back (an eager rebalance revokes everything) does not reset them.
     fn release_series(&mut self, slots: &[Arc<Slot>]) {
+        if !self.sh.metrics.per_partition() {
+            return;
+        }
         let now = Instant::now();
         // The assignment changed (the generation moves on every assign
         // and unassign): compare the exported partitions with the owned.

@@ -13,7 +13,7 @@
 //!   (queued records can then never land after the partition moved) and
 //!   asks the flow to restart with fresh clients.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,6 +62,8 @@ pub(crate) struct FlowConsumerCtx {
     pub(crate) callbacks: Mutex<Duration>,
     /// Where partitions with no committed offset start.
     pub(crate) start_from: StartFrom,
+    /// The lag series set at the last statistics (flow and topic levels).
+    pub(crate) lag_series: Mutex<HashSet<(String, String)>>,
 }
 
 impl ClientContext for FlowConsumerCtx {
@@ -126,6 +128,10 @@ impl FlowConsumerCtx {
             return;
         };
         let sh = &self.shared;
+        let m = &sh.metrics;
+        let now = super::now_ms();
+        // Per series at the configured level: (sum of lags, oldest age).
+        let mut agg: HashMap<(String, String), (i64, i64)> = HashMap::new();
         for (topic, ts) in stats.topics {
             for (p, ps) in ts.partitions {
                 let Ok(p) = p.parse::<i32>() else { continue };
@@ -135,20 +141,37 @@ impl FlowConsumerCtx {
                 if let Some((_, slot)) = sh.slot_for(&topic, p) {
                     let pos = slot.commit_position().unwrap_or(ps.committed_offset);
                     if pos >= 0 {
-                        // Created on the first statistics, so that a lag of
-                        // 0 always means "measured and caught up".
-                        let part = p.to_string();
-                        let labels = [sh.flow.as_str(), topic.as_str(), part.as_str()];
                         let lag = (ps.hi_offset - pos).max(0);
-                        sh.metrics.lag.with_label_values(&labels).set(lag);
-                        let age = slot.lag_age_ms(lag, super::now_ms());
-                        sh.metrics
-                            .lag_seconds
-                            .with_label_values(&labels)
-                            .set(age as f64 / 1000.0);
+                        let age = slot.lag_age_ms(lag, now);
+                        let e = agg
+                            .entry((m.topic_label(&topic).to_string(), m.partition_label(p)))
+                            .or_insert((0, 0));
+                        e.0 += lag;
+                        e.1 = e.1.max(age);
                     }
                 }
             }
+        }
+        // Created on the first statistics, so that a lag of 0 always means
+        // "measured and caught up"; at the flow and topic levels, series of
+        // what this process no longer has go.
+        let keys: HashSet<(String, String)> = agg.keys().cloned().collect();
+        if !m.per_partition() {
+            if let Ok(mut prev) = self.lag_series.lock() {
+                for (t, p) in prev.difference(&keys) {
+                    let labels = [sh.flow.as_str(), t.as_str(), p.as_str()];
+                    let _ = m.lag.remove_label_values(&labels);
+                    let _ = m.lag_seconds.remove_label_values(&labels);
+                }
+                *prev = keys;
+            }
+        }
+        for ((t, p), (lag, age)) in agg {
+            let labels = [sh.flow.as_str(), t.as_str(), p.as_str()];
+            m.lag.with_label_values(&labels).set(lag);
+            m.lag_seconds
+                .with_label_values(&labels)
+                .set(age as f64 / 1000.0);
         }
     }
 

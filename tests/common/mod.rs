@@ -552,6 +552,13 @@ pub fn flow_toml(listen: &str, topics: &str, extra: &str) -> String {
     )
 }
 
+/// A config text (with an `[http]` table, as from [`flow_toml`]) with
+/// per-partition metrics (`[http] metrics_level = "partition"`; the
+/// default is one series per flow).
+pub fn detailed(toml: &str) -> String {
+    toml.replacen("[http]\n", "[http]\nmetrics_level = \"partition\"\n", 1)
+}
+
 /// The values of partition `p`'s records, in order.
 pub fn values_of(recs: &[Rec], p: i32) -> Vec<Option<Vec<u8>>> {
     recs.iter()
