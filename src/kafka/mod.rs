@@ -4,6 +4,7 @@
 
 pub mod acls;
 pub mod fault;
+pub mod group_offsets;
 pub mod incremental;
 
 use std::sync::atomic::{AtomicBool, Ordering};

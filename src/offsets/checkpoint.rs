@@ -322,7 +322,14 @@ impl Checkpointer {
                 continue;
             }
             // One group's failure is counted and named; the others go on.
-            let fetched = group_client(&self.source, group).and_then(|gc| committed(&gc, &parts));
+            // One request per group through this flow's own source client
+            // (no consumer bound to each group, no client per tick).
+            let fetched = crate::kafka::group_offsets::list_group_offsets(
+                src.client(),
+                group,
+                &parts,
+                TIMEOUT,
+            );
             let offsets = match fetched {
                 Ok(o) => o,
                 Err(e) => {
