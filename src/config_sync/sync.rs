@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::acl;
 use super::diff::{self, Action, ConfigEntry, ConfigSource, Policy, TopicState};
@@ -625,6 +625,7 @@ impl ConfigSync {
                 })
                 .collect();
             let results = discovery::create_topics(dst, &specs, self.flow.replication_factor).await;
+            let mut made_names = Vec::new();
             for ((i, partitions, configs), r) in creates.iter().zip(results) {
                 let m = &mirrors[*i];
                 match r {
@@ -640,7 +641,12 @@ impl ConfigSync {
                             }
                         }
                         if made {
-                            info!(flow = %self.flow.name, topic = %m.source, target = %m.target, partitions, configs = configs.len(), "created target topic");
+                            made_names.push(m.target.clone());
+                            if creates.len() <= 20 {
+                                info!(flow = %self.flow.name, topic = %m.source, target = %m.target, partitions, configs = configs.len(), "created target topic");
+                            } else {
+                                debug!(flow = %self.flow.name, topic = %m.source, target = %m.target, partitions, configs = configs.len(), "created target topic");
+                            }
                         }
                     }
                     Err(e) => {
@@ -650,6 +656,9 @@ impl ConfigSync {
                         }
                     }
                 }
+            }
+            if made_names.len() > 20 {
+                info!(flow = %self.flow.name, topics = made_names.len(), which = %kafka::summary(&made_names, 5), "created target topics");
             }
         }
         // Raise partition counts.

@@ -900,8 +900,16 @@ impl FlowLoop {
             } else if let Err(e) = self.consumer.subscribe(&topics) {
                 error!(flow = %self.flow(), error = %e, "cannot subscribe");
             }
-            for t in want.difference(&self.subscribed) {
-                info!(flow = %self.flow(), topic = %t, target = %set[t].target, "mirroring topic");
+            let added: Vec<String> = want
+                .difference(&self.subscribed)
+                .map(|t| format!("{t} -> {}", set[t].target))
+                .collect();
+            if added.len() <= 20 {
+                for a in &added {
+                    info!(flow = %self.flow(), topic = %a, "mirroring topic");
+                }
+            } else {
+                info!(flow = %self.flow(), topics = added.len(), which = %crate::kafka::summary(&added, 5), "mirroring topics");
             }
             for t in self.subscribed.difference(&want) {
                 info!(flow = %self.flow(), topic = %t, "topic no longer selected; stopped mirroring it (records already mirrored stay)");
@@ -923,15 +931,20 @@ impl FlowLoop {
             self.subscribed = want;
         }
         let mut ready = Vec::new();
+        let mut now_there = Vec::new();
         for ((t, p), h) in self.holds.iter_mut() {
             if h.target_missing && set.get(t).is_some_and(|m| *p < m.target_partitions) {
                 h.target_missing = false;
                 h.next_try = Instant::now();
-                info!(flow = %self.sh.flow, topic = %t, partition = p, "target partition exists now");
+                debug!(flow = %self.sh.flow, topic = %t, partition = p, "target partition exists now");
+                now_there.push(format!("{t}/{p}"));
                 if h.unresolved.is_none() {
                     ready.push((t.clone(), *p));
                 }
             }
+        }
+        if !now_there.is_empty() {
+            info!(flow = %self.sh.flow, partitions = now_there.len(), which = %crate::kafka::summary(&now_there, 5), "held partitions whose target partition exists now");
         }
         for (t, p) in ready {
             self.release(&t, p, None);
@@ -949,6 +962,7 @@ impl FlowLoop {
             .lock()
             .map(|mut n| std::mem::take(&mut *n))
             .unwrap_or_default();
+        let mut missing = Vec::new();
         for mut a in newly {
             let key = (a.topic.clone(), a.partition);
             self.stopped.remove(&key);
@@ -979,10 +993,15 @@ impl FlowLoop {
                         .with_label_values(&[&self.sh.flow, "partition_mismatch"])
                         .inc();
                 }
-                warn!(flow = %self.sh.flow, topic = %a.topic, partition = a.partition, target_partitions = tp, "partition held: the target topic does not have it yet");
+                debug!(flow = %self.sh.flow, topic = %a.topic, partition = a.partition, target_partitions = tp, "partition held: the target topic does not have it yet");
+                missing.push(format!("{}/{}", a.topic, a.partition));
             }
             self.holds
                 .insert(key, Hold::new(a.target_missing, a.unresolved));
+        }
+        // One line for many (5,000 new topics are 10,000 partitions).
+        if !missing.is_empty() {
+            warn!(flow = %self.sh.flow, partitions = missing.len(), which = %crate::kafka::summary(&missing, 5), "partitions held: their target topics do not have them yet (config sync creates them; they are released as soon as discovery sees them)");
         }
     }
 

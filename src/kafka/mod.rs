@@ -731,6 +731,15 @@ pub fn redact(e: &KafkaError) -> String {
     }
 }
 
+/// `a, b, c and N more`: a short list for one log line about many items.
+pub fn summary(items: &[String], shown: usize) -> String {
+    let head: Vec<&str> = items.iter().take(shown).map(String::as_str).collect();
+    match items.len().saturating_sub(shown) {
+        0 => head.join(", "),
+        more => format!("{} and {more} more", head.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
