@@ -535,7 +535,12 @@ fn a_deleted_target_topic_is_recreated_and_mirroring_goes_on() {
     wait_until(Duration::from_secs(10), || count(&dst, &g1) < 2000);
     src.produce(&t1, &numbered(2000, 2000, 2));
     src.produce(&t2, &numbered(2000, 2000, 2));
+    // Config sync recreates the topics (producers never auto-create them):
+    // until then they are missing.
     wait_or_log(&k, Duration::from_secs(120), || {
+        if dst.partitions(&g1).is_none() || dst.partitions(&g2).is_none() {
+            return false;
+        }
         let (c1, c2) = (value_counts(&dst, &g1), value_counts(&dst, &g2));
         (2000..4000).all(|i| {
             let v = format!("v-{i}").into_bytes();

@@ -368,6 +368,16 @@ impl ConfigSync {
                 unreachable = false;
                 info!(flow = %self.flow.name, "config sync resumed: both clusters answer");
             }
+            // A topic discovery has seen is no longer "just created": if it
+            // vanishes later (deleted), it is created again at once.
+            if !created_at.is_empty() {
+                let seen: HashSet<&str> = set
+                    .values()
+                    .filter(|m| m.target_partitions > 0)
+                    .map(|m| m.target.as_str())
+                    .collect();
+                created_at.retain(|t, _| !seen.contains(t.as_str()));
+            }
             // Batched: one admin request per `BATCH` topics for each
             // kind of work, never one round trip per topic in series.
             let todo: Vec<Mirror> = set

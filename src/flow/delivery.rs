@@ -47,7 +47,9 @@ pub(crate) fn record_size<M: Message>(m: &M) -> usize {
 }
 
 /// Errors that mean "not written, may be sent again by a fresh producer"
-/// rather than "the target refuses this record".
+/// rather than "the target refuses this record". A target topic or
+/// partition that vanished (deleted by an operator) is recreated by config
+/// sync; its records are sent again then.
 fn not_written(code: Option<RDKafkaErrorCode>) -> bool {
     matches!(
         code,
@@ -56,6 +58,9 @@ fn not_written(code: Option<RDKafkaErrorCode>) -> bool {
                 | RDKafkaErrorCode::PurgeInflight
                 | RDKafkaErrorCode::Fatal
                 | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownTopicOrPartition
         )
     )
 }

@@ -652,6 +652,7 @@ impl Replicator {
             exported: BTreeSet::new(),
             gone: BTreeMap::new(),
             series_generation: u64::MAX,
+            owned_generation: u64::MAX,
             series_grace: std::env::var("KMIRROR_TEST_SERIES_GRACE_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -743,6 +744,8 @@ struct FlowLoop {
     gone: BTreeMap<(String, i32), Instant>,
     /// The slot generation `exported` was compared at.
     series_generation: u64,
+    /// The slot generation holds and stops were last pruned at.
+    owned_generation: u64,
     /// [`SERIES_GRACE`], or `KMIRROR_TEST_SERIES_GRACE_MS` (tests).
     series_grace: Duration,
     fatal_after: Option<u64>,
@@ -946,9 +949,9 @@ impl FlowLoop {
         if !now_there.is_empty() {
             info!(flow = %self.sh.flow, partitions = now_there.len(), which = %crate::kafka::summary(&now_there, 5), "held partitions whose target partition exists now");
         }
-        for (t, p) in ready {
-            self.release(&t, p, None);
-        }
+        let ready: Vec<(String, i32, Option<i64>)> =
+            ready.into_iter().map(|(t, p)| (t, p, None)).collect();
+        self.release_many(ready);
     }
 
     /// Partitions assigned inside the last polls: their holds.
@@ -1074,16 +1077,37 @@ impl FlowLoop {
     /// Ends a hold: seeks to `to` (or back to the first record passed over
     /// while held) and resumes.
     fn release(&mut self, topic: &str, partition: i32, to: Option<i64>) {
+        self.release_many(vec![(topic.to_string(), partition, to)]);
+    }
+
+    /// [`FlowLoop::release`] for many partitions: the seeks one by one (only
+    /// where records were passed over), the resume in one call.
+    fn release_many(&mut self, parts: Vec<(String, i32, Option<i64>)>) {
+        let mut resume = TopicPartitionList::new();
+        for (topic, partition, to) in parts {
+            if self.release_one(&topic, partition, to) && !self.paused_all {
+                resume.add_partition(&topic, partition);
+            }
+        }
+        // (While every partition is paused for backpressure, leaving it
+        // resumes these.)
+        if resume.count() > 0 {
+            let _ = self.consumer.resume(&resume);
+        }
+    }
+
+    /// Ends one hold (seeking back if needed); true when it may resume.
+    fn release_one(&mut self, topic: &str, partition: i32, to: Option<i64>) -> bool {
         if self
             .holds
             .get(&(topic.to_string(), partition))
             .is_some_and(|h| h.target_missing || h.unresolved.is_some())
         {
-            return;
+            return false;
         }
         self.holds.remove(&(topic.to_string(), partition));
         let Some((_, slot)) = self.sh.slot_for(topic, partition) else {
-            return;
+            return false;
         };
         let passed = slot.passed_from.load(Ordering::Acquire);
         let seek = to.or((passed >= 0).then_some(passed));
@@ -1104,18 +1128,12 @@ impl FlowLoop {
                         backoff: Duration::from_secs(2),
                     },
                 );
-                return;
+                return false;
             }
         }
         slot.passed_from.store(-1, Ordering::Release);
         slot.held.store(false, Ordering::Release);
-        // (While every partition is paused for backpressure, leaving it
-        // resumes this one.)
-        if !self.paused_all {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, partition);
-            let _ = self.consumer.resume(&tpl);
-        }
+        true
     }
 
     /// The producer queue is full. The loop waits until half of it has
@@ -1368,8 +1386,13 @@ impl FlowLoop {
         for slot in &slots {
             self.report_block(slot);
         }
-        // Partitions that moved away are no longer this process's concern.
-        if !self.stopped.is_empty() || !self.holds.is_empty() {
+        // Partitions that moved away are no longer this process's concern
+        // (looked at when the assignment changed).
+        let generation = sh.generation.load(Ordering::Acquire);
+        if (!self.stopped.is_empty() || !self.holds.is_empty())
+            && generation != self.owned_generation
+        {
+            self.owned_generation = generation;
             let owned: BTreeSet<(String, i32)> = slots
                 .iter()
                 .map(|s| (s.topic.clone(), s.partition))
