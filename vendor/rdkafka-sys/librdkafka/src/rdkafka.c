@@ -1047,6 +1047,9 @@ void rd_kafka_destroy_final(rd_kafka_t *rk) {
         mtx_destroy(&rk->rk_init_lock);
 
 
+        rd_map_destroy(&rk->rk_topics_by_name);
+        rd_map_destroy(&rk->rk_topics_by_id);
+
         rd_kafkap_str_destroy(rk->rk_client_id);
         rd_kafkap_str_destroy(rk->rk_group_id);
         rd_kafkap_str_destroy(rk->rk_eos.transactional_id);
@@ -2417,6 +2420,11 @@ rd_kafka_t *rd_kafka_new(rd_kafka_type_t type,
         rd_list_init(&rk->additional_brokerlists, 0, rd_free);
         TAILQ_INIT(&rk->rk_brokers);
         TAILQ_INIT(&rk->rk_topics);
+        rd_map_init(&rk->rk_topics_by_name, 30000, rd_map_str_cmp,
+                    rd_map_str_hash, NULL, NULL);
+        rd_map_init(&rk->rk_topics_by_id, 30000,
+                    (int (*)(const void *, const void *))rd_kafka_Uuid_ptr_cmp,
+                    rd_kafka_Uuid_map_hash, NULL, NULL);
         rd_kafka_timers_init(&rk->rk_timers, rk, rk->rk_ops);
         rd_kafka_metadata_cache_init(rk);
         rd_kafka_coord_cache_init(&rk->rk_coord_cache,

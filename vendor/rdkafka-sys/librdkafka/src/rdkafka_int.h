@@ -51,6 +51,7 @@ typedef int mode_t;
 #include "rdinterval.h"
 #include "rdavg.h"
 #include "rdlist.h"
+#include "rdmap.h"
 
 #if WITH_SSL
 #include <openssl/ssl.h>
@@ -327,6 +328,13 @@ struct rd_kafka_s {
         rd_list_t rk_broker_state_change_waiters; /**< (rd_kafka_enq_once_t*) */
 
         TAILQ_HEAD(, rd_kafka_topic_s) rk_topics;
+        /* kmirror: rk_topics by name (rkt_topic->str) and by topic id
+         * (&rkt_topic_id, non-zero ids only): lookups in O(1) instead of
+         * a scan of every topic, which a client of thousands of topics
+         * did for every topic of every Fetch and Metadata response.
+         * Changed under the rk write lock, read under the read lock. */
+        rd_map_t rk_topics_by_name;
+        rd_map_t rk_topics_by_id;
         int rk_topic_cnt;
 
         struct rd_kafka_cgrp_s *rk_cgrp;

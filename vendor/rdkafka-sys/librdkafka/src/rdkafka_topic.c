@@ -100,6 +100,15 @@ void rd_kafka_topic_destroy_final(rd_kafka_topic_t *rkt) {
         rd_kafka_wrlock(rkt->rkt_rk);
         TAILQ_REMOVE(&rkt->rkt_rk->rk_topics, rkt, rkt_link);
         rkt->rkt_rk->rk_topic_cnt--;
+        if (rd_map_get(&rkt->rkt_rk->rk_topics_by_name, rkt->rkt_topic->str) ==
+            rkt)
+                rd_map_delete(&rkt->rkt_rk->rk_topics_by_name,
+                              rkt->rkt_topic->str);
+        if (!RD_KAFKA_UUID_IS_ZERO(rkt->rkt_topic_id) &&
+            rd_map_get(&rkt->rkt_rk->rk_topics_by_id, &rkt->rkt_topic_id) ==
+                rkt)
+                rd_map_delete(&rkt->rkt_rk->rk_topics_by_id,
+                              &rkt->rkt_topic_id);
         rd_kafka_wrunlock(rkt->rkt_rk);
 
         TAILQ_FOREACH_SAFE(partmsgid, &rkt->rkt_saved_partmsgids, link,
@@ -156,12 +165,9 @@ rd_kafka_topic_t *rd_kafka_topic_find_fl(const char *func,
 
         if (do_lock)
                 rd_kafka_rdlock(rk);
-        TAILQ_FOREACH(rkt, &rk->rk_topics, rkt_link) {
-                if (!rd_kafkap_str_cmp_str(rkt->rkt_topic, topic)) {
-                        rd_kafka_topic_keep(rkt);
-                        break;
-                }
-        }
+        rkt = rd_map_get(&rk->rk_topics_by_name, topic);
+        if (rkt)
+                rd_kafka_topic_keep(rkt);
         if (do_lock)
                 rd_kafka_rdunlock(rk);
 
@@ -176,14 +182,13 @@ rd_kafka_topic_t *rd_kafka_topic_find0_fl(const char *func,
                                           rd_kafka_t *rk,
                                           const rd_kafkap_str_t *topic) {
         rd_kafka_topic_t *rkt;
+        char *name;
 
+        RD_KAFKAP_STR_DUPA(&name, topic);
         rd_kafka_rdlock(rk);
-        TAILQ_FOREACH(rkt, &rk->rk_topics, rkt_link) {
-                if (!rd_kafkap_str_cmp(rkt->rkt_topic, topic)) {
-                        rd_kafka_topic_keep(rkt);
-                        break;
-                }
-        }
+        rkt = rd_map_get(&rk->rk_topics_by_name, name);
+        if (rkt)
+                rd_kafka_topic_keep(rkt);
         rd_kafka_rdunlock(rk);
 
         return rkt;
@@ -195,6 +200,13 @@ rd_kafka_topic_t *rd_kafka_topic_find0_fl(const char *func,
 rd_kafka_topic_t *rd_kafka_topic_find_by_topic_id(rd_kafka_t *rk,
                                                   rd_kafka_Uuid_t topic_id) {
         rd_kafka_topic_t *rkt;
+
+        if (!RD_KAFKA_UUID_IS_ZERO(topic_id)) {
+                rkt = rd_map_get(&rk->rk_topics_by_id, &topic_id);
+                if (rkt)
+                        rd_kafka_topic_keep(rkt);
+                return rkt;
+        }
 
         TAILQ_FOREACH(rkt, &rk->rk_topics, rkt_link) {
                 if (!rd_kafka_Uuid_cmp(rkt->rkt_topic_id, topic_id)) {
@@ -490,6 +502,7 @@ rd_kafka_topic_t *rd_kafka_topic_new0(rd_kafka_t *rk,
 
         TAILQ_INSERT_TAIL(&rk->rk_topics, rkt, rkt_link);
         rk->rk_topic_cnt++;
+        rd_map_set(&rk->rk_topics_by_name, (void *)rkt->rkt_topic->str, rkt);
 
         /* Populate from metadata cache. */
         if ((rkmce = rd_kafka_metadata_cache_find(rk, topic, 1 /*valid*/)) &&
@@ -1443,7 +1456,15 @@ rd_kafka_topic_metadata_update(rd_kafka_topic_t *rkt,
                             rkt->rkt_topic->str,
                             rd_kafka_Uuid_base64str(&rkt->rkt_topic_id),
                             rd_kafka_Uuid_base64str(&mdit->topic_id));
+                        if (!RD_KAFKA_UUID_IS_ZERO(rkt->rkt_topic_id) &&
+                            rd_map_get(&rk->rk_topics_by_id,
+                                       &rkt->rkt_topic_id) == rkt)
+                                rd_map_delete(&rk->rk_topics_by_id,
+                                              &rkt->rkt_topic_id);
                         rkt->rkt_topic_id = mdit->topic_id;
+                        if (!RD_KAFKA_UUID_IS_ZERO(rkt->rkt_topic_id))
+                                rd_map_set(&rk->rk_topics_by_id,
+                                           &rkt->rkt_topic_id, rkt);
                 }
                 /* If the metadata times out for a topic (because all brokers
                  * are down) the state will transition to S_UNKNOWN.
