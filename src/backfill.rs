@@ -183,22 +183,7 @@ fn copy(config: &Config, req: &Request) -> Result<u8, String> {
             }
         }
     }
-    let by_time = |q: TopicPartitionList| -> Result<BTreeMap<(String, i32), Option<i64>>, String> {
-        let got = consumer
-            .offsets_for_times(q, timeout)
-            .map_err(|e| format!("offsets by time: {e}"))?;
-        Ok(got
-            .elements()
-            .iter()
-            .map(|e| {
-                let o = match e.offset() {
-                    Offset::Offset(o) if o >= 0 => Some(o),
-                    _ => None,
-                };
-                ((e.topic().to_string(), e.partition()), o)
-            })
-            .collect())
-    };
+    let by_time = |q| kafka::offsets_by_time(&consumer, q, timeout);
     let starts = by_time(q_from)?;
     let untils = if req.until_ms.is_some() {
         by_time(q_until)?

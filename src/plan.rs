@@ -109,17 +109,9 @@ fn plan_starts(
     }
     let resolved: HashMap<(String, i32), Option<i64>> = match from {
         _ if fresh.count() == 0 => HashMap::new(),
-        StartFrom::Timestamp(_) => c
-            .offsets_for_times(fresh, timeout)?
-            .elements()
-            .iter()
-            .map(|e| {
-                let o = match e.offset() {
-                    Offset::Offset(o) if o >= 0 => Some(o),
-                    _ => None,
-                };
-                ((e.topic().to_string(), e.partition()), o)
-            })
+        StartFrom::Timestamp(_) => kafka::offsets_by_time(&c, fresh, timeout)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .into_iter()
             .collect(),
         StartFrom::Latest => HashMap::new(),
         StartFrom::Earliest => fresh

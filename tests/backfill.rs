@@ -11,15 +11,6 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
 }
 
-fn sorted_values(recs: &[Rec]) -> Vec<String> {
-    let mut v: Vec<String> = recs
-        .iter()
-        .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn backfill_copies_exactly_the_window_the_flow_skipped() {
     let src = Broker::start(&unique("src"));

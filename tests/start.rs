@@ -15,15 +15,6 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn values(recs: &[Rec]) -> Vec<String> {
-    let mut v: Vec<String> = recs
-        .iter()
-        .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn start_from_latest_mirrors_only_records_written_after_the_assignment() {
     let src = Broker::start(&unique("src"));
@@ -67,7 +58,11 @@ fn start_from_latest_mirrors_only_records_written_after_the_assignment() {
         v.sort();
         v
     };
-    assert_eq!(values(&got), want, "exactly the records written after");
+    assert_eq!(
+        sorted_values(&got),
+        want,
+        "exactly the records written after"
+    );
 
     // Restarted: the group's commit wins over start_from (nothing is
     // skipped or repeated).
@@ -139,7 +134,7 @@ fn start_from_a_timestamp_starts_at_the_first_record_at_or_after_it() {
     let mut want: Vec<String> = (40..60).map(|i| format!("p0-{i:02}")).collect();
     want.push("p1-late".into());
     want.sort();
-    assert_eq!(values(&got), want);
+    assert_eq!(sorted_values(&got), want);
     // Timestamps are kept, so the first mirrored record is the cut itself.
     let first = got
         .iter()

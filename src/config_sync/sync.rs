@@ -182,21 +182,31 @@ pub async fn plan_topic(
     } else {
         None
     };
-    let actions = diff::diff(&source, target.as_ref(), policy);
+    Ok(plan_from(m, &source, target.as_ref(), policy))
+}
+
+/// The plan of one mirrored topic from both sides' descriptions.
+fn plan_from(
+    m: &Mirror,
+    source: &TopicState,
+    target: Option<&TopicState>,
+    policy: &Policy,
+) -> TopicPlan {
+    let actions = diff::diff(source, target, policy);
     let excluded_configs = source
         .configs
         .iter()
         .filter(|(_, e)| e.source == ConfigSource::DynamicTopic)
         .filter_map(|(k, _)| policy.exclusion(k).map(|why| (k.clone(), why)))
         .collect();
-    Ok(TopicPlan {
+    TopicPlan {
         source: m.source.clone(),
         target: m.target.clone(),
         source_partitions: m.partitions,
         target_partitions: m.target_partitions,
         actions,
         excluded_configs,
-    })
+    }
 }
 
 /// Topic ACLs of both clusters (blocking inside the async runtime).
@@ -573,15 +583,7 @@ impl ConfigSync {
                     Some(t) => Some(t?),
                     None => None,
                 };
-                let actions = diff::diff(&source, target.as_ref(), &policy);
-                Ok(TopicPlan {
-                    source: m.source.clone(),
-                    target: m.target.clone(),
-                    source_partitions: m.partitions,
-                    target_partitions: m.target_partitions,
-                    actions,
-                    excluded_configs: BTreeMap::new(),
-                })
+                Ok(plan_from(m, &source, target.as_ref(), &policy))
             })();
             match plan {
                 Ok(p) => {

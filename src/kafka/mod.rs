@@ -731,6 +731,31 @@ pub fn redact(e: &KafkaError) -> String {
     }
 }
 
+/// ListOffsets by time: per partition of `query` (offsets holding
+/// timestamps in ms), the first offset whose record is at or after the
+/// time, or `None` when there is none (the end).
+pub fn offsets_by_time<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    query: rdkafka::TopicPartitionList,
+    timeout: Duration,
+) -> Result<std::collections::BTreeMap<(String, i32), Option<i64>>, String> {
+    use rdkafka::consumer::Consumer;
+    let got = consumer
+        .offsets_for_times(query, timeout)
+        .map_err(|e| format!("offsets by time: {e}"))?;
+    Ok(got
+        .elements()
+        .iter()
+        .map(|e| {
+            let o = match e.offset() {
+                rdkafka::Offset::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            };
+            ((e.topic().to_string(), e.partition()), o)
+        })
+        .collect())
+}
+
 /// `a, b, c and N more`: a short list for one log line about many items.
 pub fn summary(items: &[String], shown: usize) -> String {
     let head: Vec<&str> = items.iter().take(shown).map(String::as_str).collect();

@@ -552,6 +552,16 @@ pub fn flow_toml(listen: &str, topics: &str, extra: &str) -> String {
     )
 }
 
+/// The values of `recs` as strings, sorted.
+pub fn sorted_values(recs: &[Rec]) -> Vec<String> {
+    let mut v: Vec<String> = recs
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap_or_default()).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
 /// A config text (with an `[http]` table, as from [`flow_toml`]) with
 /// per-partition metrics (`[http] metrics_level = "partition"`; the
 /// default is one series per flow).
