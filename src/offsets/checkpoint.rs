@@ -157,6 +157,8 @@ struct State {
     syncs: Follower,
     written: HashMap<(String, String, i32), (i64, i64)>,
     warned: HashSet<String>,
+    /// The flow's mirrored topics at the last run.
+    mirrored: HashSet<String>,
 }
 
 impl Checkpointer {
@@ -173,6 +175,7 @@ impl Checkpointer {
             ),
             written: HashMap::new(),
             warned: HashSet::new(),
+            mirrored: HashSet::new(),
         };
         let mut tick = tokio::time::interval(me.flow.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -286,18 +289,25 @@ impl Checkpointer {
             .syncs
             .poll_chunks(dst, 50_000, |recs| feed(store, &recs))?;
         debug!(flow = %self.flow.name, new_points = read, stored = st.store.len(), topics = set.len(), "checkpoint run");
-        // Topics deleted or no longer mirrored: their points and the
-        // checkpoints remembered as written go (points of other flows'
-        // topics were never kept: `feed` takes every point, so filter by
-        // this flow's mirror set).
-        let dropped = st.store.retain_topics(|t| set.contains_key(t));
-        if dropped > 0 {
-            let targets: std::collections::HashSet<&str> =
-                set.values().map(|m| m.target.as_str()).collect();
+        // Topics that left the mirror set (deleted, no longer selected):
+        // their points and the checkpoints remembered as written go. Only
+        // topics seen mirrored before: the first runs may come before
+        // discovery's first pass (an empty set), and the points read then
+        // are not read again.
+        let gone: HashSet<String> = st
+            .mirrored
+            .iter()
+            .filter(|t| !set.contains_key(*t))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            let dropped = st.store.retain_topics(|t| !gone.contains(t));
+            let targets: HashSet<&str> = set.values().map(|m| m.target.as_str()).collect();
             st.written
                 .retain(|(_, t, _), _| targets.contains(t.as_str()));
             debug!(flow = %self.flow.name, topics = dropped, "offset-sync points of topics no longer mirrored released");
         }
+        st.mirrored = set.keys().cloned().collect();
         if set.is_empty() {
             return Ok(());
         }
