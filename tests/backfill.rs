@@ -160,3 +160,60 @@ fn backfill_refuses_an_unknown_flow_and_a_bad_time() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("flow f mirrors no source topic now"), "{err}");
 }
+
+/// A record the target refuses stops its partition: exit 1, the partition
+/// and the source offset named, nothing reported as copied after it.
+#[test]
+fn backfill_stops_a_partition_at_a_refused_record_and_names_it() {
+    let src = Broker::start(&unique("src"));
+    let dst = Broker::start(&unique("dst"));
+    let topic = unique("big");
+    src.create_topic(&topic, 1, &[]);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let big = vec![b'x'; 20_000];
+    let recs: Vec<Rec> = (0..10)
+        .map(|i| {
+            let v = if i == 5 {
+                big.clone()
+            } else {
+                format!("small-{i}").into_bytes()
+            };
+            let mut r = Rec::new(0, None, Some(&v));
+            r.timestamp = Some(now - 60_000 + i * 1000);
+            r
+        })
+        .collect();
+    src.produce(&topic, &recs);
+    // The target topic takes at most 1,000 bytes per batch.
+    let target = format!("src.{topic}");
+    dst.create_topic(&target, 1, &[("max.message.bytes", "1000")]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src, &dst, &flow_toml("", &topic, ""));
+    let (code, out, err) = run_kmirror(&[
+        "backfill",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--flow",
+        "f",
+        "--from",
+        &rfc3339(now - 120_000),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "{topic}[0] stopped: the target refused the record at source offset"
+        )),
+        "{err}"
+    );
+    // Nothing of the refused batch on is counted as written.
+    let written: usize = out
+        .lines()
+        .find(|l| l.ends_with("record(s) written to target dst"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(written < 10, "{out}");
+    assert_eq!(count(&dst, &target) as usize, written, "{out}");
+}
