@@ -335,16 +335,7 @@ fn copy(config: &Config, req: &Request) -> Result<u8, String> {
                 continue;
             }
         }
-        let mut headers: Option<OwnedHeaders> = msg.headers().map(|hs| {
-            let mut o = OwnedHeaders::new_with_capacity(hs.count());
-            for h in hs.iter() {
-                o = o.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-            o
-        });
+        let mut headers: Option<OwnedHeaders> = msg.headers().map(|h| h.detach());
         if let Some(a) = &add {
             headers = Some(headers.unwrap_or_default().insert(Header {
                 key: PROVENANCE_HEADER,

@@ -294,8 +294,8 @@ fn one(
             let mut behind = Vec::new();
             let mut total = 0i64;
             for p in &parts {
-                let hw = match src.fetch_watermarks(&p.topic, p.partition, timeout) {
-                    Ok((_, hw)) => hw,
+                let (lo, hw) = match src.fetch_watermarks(&p.topic, p.partition, timeout) {
+                    Ok(w) => w,
                     Err(e) => return Step::Wait(format!("{}[{}]: {e}", p.topic, p.partition)),
                 };
                 let key = vec![(p.topic.clone(), p.partition)];
@@ -307,13 +307,7 @@ fn one(
                 let lag = match mirrored {
                     Some(m) if m >= 0 => (hw - m).max(0),
                     // Never committed by the flow: behind unless empty.
-                    _ => {
-                        let lo = src
-                            .fetch_watermarks(&p.topic, p.partition, timeout)
-                            .map(|(lo, _)| lo)
-                            .unwrap_or(0);
-                        (hw - lo).max(0)
-                    }
+                    _ => (hw - lo).max(0),
                 };
                 lags.insert((p.topic.clone(), p.partition), lag);
                 total += lag;

@@ -199,28 +199,18 @@ pub async fn create_topic(
     replication_factor: i32,
     configs: &[(&str, &str)],
 ) -> Result<bool, String> {
-    let mut nt = NewTopic::new(
-        name,
+    let spec: TopicSpec = (
+        name.to_string(),
         partitions,
-        TopicReplication::Fixed(replication_factor),
+        configs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     );
-    for (k, v) in configs {
-        nt = nt.set(k, v);
-    }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let res = admin
-        .create_topics([&nt], &opts)
+    create_topics(admin, &[spec], replication_factor)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut created = true;
-    for r in res {
-        match r {
-            Ok(_) => {}
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => created = false,
-            Err((t, e)) => return Err(format!("cannot create topic {t}: {e}")),
-        }
-    }
-    Ok(created)
+        .pop()
+        .unwrap_or_else(|| Err(format!("cannot create topic {name}: no result")))
 }
 
 /// A topic to create: name, partitions, configs.

@@ -48,18 +48,10 @@ pub async fn describe_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<TopicState, String> {
-    let spec = ResourceSpecifier::Topic(topic);
-    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(15)));
-    let res = admin
-        .describe_configs([&spec], &opts)
+    describe_topics(admin, &[(topic.to_string(), partitions)])
         .await
-        .map_err(|e| format!("DescribeConfigs {topic}: {e}"))?;
-    let mut entries = Vec::new();
-    for r in res {
-        let r = r.map_err(|e| format!("DescribeConfigs {topic}: {e}"))?;
-        entries.extend(r.entries);
-    }
-    Ok(topic_state(entries, partitions))
+        .pop()
+        .unwrap_or_else(|| Err(format!("DescribeConfigs {topic}: no result")))
 }
 
 /// Describes the configs of many topics with one DescribeConfigs request

@@ -447,22 +447,8 @@ fn start_positions<C: ConsumerContext>(
                 q.add_partition_offset(t, *p, Offset::Offset(ts))
                     .map_err(|e| e.to_string())?;
             }
-            let found = consumer
-                .offsets_for_times(q, LOOKUP)
-                .map_err(|e| format!("offsets by time: {e}"))?;
-            for e in found.elements() {
-                if let Err(err) = e.error() {
-                    return Err(format!(
-                        "offsets by time of {}/{}: {err}",
-                        e.topic(),
-                        e.partition()
-                    ));
-                }
-                let o = match e.offset() {
-                    Offset::Offset(o) if o >= 0 => Offset::Offset(o),
-                    _ => Offset::End,
-                };
-                out.insert((e.topic().to_string(), e.partition()), o);
+            for (k, o) in kafka::offsets_by_time(consumer, q, LOOKUP)? {
+                out.insert(k, o.map_or(Offset::End, Offset::Offset));
             }
         }
         StartFrom::Timestamp(_) => {}

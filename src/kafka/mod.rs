@@ -743,17 +743,19 @@ pub fn offsets_by_time<C: rdkafka::consumer::ConsumerContext>(
     let got = consumer
         .offsets_for_times(query, timeout)
         .map_err(|e| format!("offsets by time: {e}"))?;
-    Ok(got
-        .elements()
+    got.elements()
         .iter()
         .map(|e| {
+            e.error().map_err(|err| {
+                format!("offsets by time of {}/{}: {err}", e.topic(), e.partition())
+            })?;
             let o = match e.offset() {
                 rdkafka::Offset::Offset(o) if o >= 0 => Some(o),
                 _ => None,
             };
-            ((e.topic().to_string(), e.partition()), o)
+            Ok(((e.topic().to_string(), e.partition()), o))
         })
-        .collect())
+        .collect()
 }
 
 /// `a, b, c and N more`: a short list for one log line about many items.
