@@ -2,36 +2,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
 use kmirror::kafka::incremental::{incremental_alter_topic_configs, ConfigOp};
-use rdkafka::admin::{AdminOptions, ResourceSpecifier};
-
-/// Explicitly set topic configs, as the broker describes them.
-fn configs(b: &Broker, topic: &str) -> BTreeMap<String, String> {
-    let admin = b.admin();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let spec = ResourceSpecifier::Topic(topic);
-    let res = rt
-        .block_on(admin.describe_configs([&spec], &AdminOptions::new()))
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for r in res {
-        for e in r.unwrap().entries {
-            if !e.is_default {
-                if let Some(v) = e.value {
-                    out.insert(e.name, v);
-                }
-            }
-        }
-    }
-    out
-}
 
 fn alter(b: &Broker, topic: &str, ops: Vec<ConfigOp>) {
     let admin = b.admin();
@@ -113,7 +87,7 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
     wait_until(Duration::from_secs(60), || {
         dst.partitions(&target) == Some(2)
     });
-    let t = configs(&dst, &target);
+    let t = topic_configs(&dst, &target);
     assert_eq!(
         t.get("retention.ms").map(String::as_str),
         Some("123456"),
@@ -160,7 +134,7 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
         .collect();
     assert_eq!(changes, vec!["retention.ms: 123456 -> 999999"], "{out}");
     assert_eq!(
-        configs(&dst, &target)
+        topic_configs(&dst, &target)
             .get("retention.ms")
             .map(String::as_str),
         Some("123456")
@@ -168,7 +142,7 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
     // Once kmirror runs, the change arrives within an interval (1 s here).
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror2.log"));
     wait_until(Duration::from_secs(10), || {
-        configs(&dst, &target)
+        topic_configs(&dst, &target)
             .get("retention.ms")
             .map(String::as_str)
             == Some("999999")
@@ -176,10 +150,10 @@ fn topic_configs_are_created_changed_and_deleted_and_plan_changes_nothing() {
     // A property removed on the source that kmirror set is removed on the target.
     alter(&src, &topic, vec![ConfigOp::Delete("retention.ms".into())]);
     wait_until(Duration::from_secs(30), || {
-        !configs(&dst, &target).contains_key("retention.ms")
+        !topic_configs(&dst, &target).contains_key("retention.ms")
     });
     std::thread::sleep(Duration::from_secs(2));
-    let t = configs(&dst, &target);
+    let t = topic_configs(&dst, &target);
     assert_eq!(
         t.get("retention.bytes").map(String::as_str),
         Some("777777"),

@@ -552,6 +552,30 @@ pub fn flow_toml(listen: &str, topics: &str, extra: &str) -> String {
     )
 }
 
+/// Explicitly set topic configs, as the broker describes them.
+pub fn topic_configs(b: &Broker, topic: &str) -> std::collections::BTreeMap<String, String> {
+    let admin = b.admin();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let spec = rdkafka::admin::ResourceSpecifier::Topic(topic);
+    let res = rt
+        .block_on(admin.describe_configs([&spec], &rdkafka::admin::AdminOptions::new()))
+        .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for r in res {
+        for e in r.unwrap().entries {
+            if !e.is_default {
+                if let Some(v) = e.value {
+                    out.insert(e.name, v);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The values of `recs` as strings, sorted.
 pub fn sorted_values(recs: &[Rec]) -> Vec<String> {
     let mut v: Vec<String> = recs
