@@ -202,12 +202,22 @@ impl Checkpointer {
         // The error of the run that failed last, until a run succeeds: the
         // warning is logged once per failure, not every interval.
         let mut failing: Option<String> = None;
+        // When this process last became the leader.
+        let mut leading_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
             if !me.leader.is_leader() {
+                leading_since = None;
+                continue;
+            }
+            // A new leader writes nothing for one interval: the previous
+            // one may have written the same checkpoints just before it let
+            // go, and two writers never share an interval.
+            let since = *leading_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < me.flow.checkpoint_interval {
                 continue;
             }
             let set = me.mirror.borrow().clone();
