@@ -309,7 +309,13 @@ impl Discovery {
                 _ = tick.tick() => {}
                 _ = self.refresh.notified() => {}
             }
-            self.pass(&src, &dst, &mut reported).await;
+            // A pass against a cluster that refuses or does not answer can
+            // take its requests' timeouts; a stop does not wait for it
+            // (nothing a pass does needs finishing: the next one redoes it).
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = self.pass(&src, &dst, &mut reported) => {}
+            }
         }
     }
 
