@@ -1154,6 +1154,7 @@ fn scale_bench(topics: usize, partitions: i32, groups: usize) -> Result<(), Stri
     let mut peak_metrics = 0usize;
     let mut series = 0usize;
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last_report = 0;
     while Instant::now() < deadline
         && (created_at.is_none() || mirrored_at.is_none() || checkpointed_at.is_none())
     {
@@ -1181,6 +1182,21 @@ fn scale_bench(topics: usize, partitions: i32, groups: usize) -> Result<(), Stri
                 .filter(|l| !l.starts_with('#') && !l.is_empty())
                 .count(),
         );
+        let sum: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("kmirror_records_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if elapsed.as_secs() / 10 != last_report {
+            last_report = elapsed.as_secs() / 10;
+            let (_, rss) = proc_stats(pid);
+            eprintln!(
+                "  {:>5.1} s: {} of {want_records} records mirrored, peak RSS {:.0} MiB",
+                elapsed.as_secs_f64(),
+                sum as i64,
+                rss as f64 / 1048576.0
+            );
+        }
         if mirrored_at.is_none() {
             let sum: f64 = m
                 .lines()

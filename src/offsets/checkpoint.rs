@@ -330,10 +330,6 @@ impl Checkpointer {
             groups = ?list.groups().iter().map(|g| (g.name(), g.state())).collect::<Vec<_>>(),
             "source groups"
         );
-        let parts: Vec<(String, i32)> = set
-            .values()
-            .flat_map(|m| (0..m.partitions).map(move |p| (m.source.clone(), p)))
-            .collect();
         let cp_topic = checkpoints_topic(&self.source.alias);
         let mut queued = Vec::new();
         for g in list.groups() {
@@ -343,11 +339,12 @@ impl Checkpointer {
             }
             // One group's failure is counted and named; the others go on.
             // One request per group through this flow's own source client
-            // (no consumer bound to each group, no client per tick).
+            // (no consumer bound to each group, no client per tick), for
+            // what the group committed (filtered by the mirror set below).
             let fetched = crate::kafka::group_offsets::list_group_offsets(
                 src.client(),
                 group,
-                &parts,
+                None,
                 TIMEOUT,
             );
             let offsets = match fetched {
@@ -361,7 +358,9 @@ impl Checkpointer {
             };
             let mut translated: BTreeMap<(String, i32), i64> = BTreeMap::new();
             for ((topic, p), c) in &offsets {
-                let Some(m) = set.get(topic) else { continue };
+                let Some(m) = set.get(topic).filter(|m| *p < m.partitions) else {
+                    continue;
+                };
                 let down = st
                     .store
                     .translate(topic, *p, *c)
