@@ -537,6 +537,9 @@ impl Replicator {
 
         let mut pcfg = kafka::client_config(&self.target, Role::Producer, &client_id);
         pcfg.set("statistics.interval.ms", "5000");
+        // No per-topic histograms (kmirror reads none): 22 KB per topic
+        // (see vendor/README.md).
+        pcfg.set("statistics.topic.histograms", "false");
         kafka::apply_producer_owned(
             &mut pcfg,
             self.flow.compression.as_librdkafka(),
@@ -602,6 +605,7 @@ impl Replicator {
         let mut ccfg = kafka::client_config(&self.source, Role::Consumer, &client_id);
         kafka::apply_consumer_owned(&mut ccfg, &group, &self.runtime);
         ccfg.set("statistics.interval.ms", "5000");
+        ccfg.set("statistics.topic.histograms", "false");
         let consumer: BaseConsumer<FlowConsumerCtx> = kafka::create(
             &ccfg,
             FlowConsumerCtx {

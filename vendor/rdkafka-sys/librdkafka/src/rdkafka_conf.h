@@ -248,6 +248,8 @@ struct rd_kafka_conf_s {
         char *client_id_str;
         char *brokerlist;
         int stats_interval_ms;
+        int stats_topic_histograms; /**< kmirror: per-topic batch
+                                     *   histograms in statistics. */
         int term_sig;
         int reconnect_backoff_ms;
         int reconnect_backoff_max_ms;

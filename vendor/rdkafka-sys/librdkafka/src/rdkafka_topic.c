@@ -477,12 +477,19 @@ rd_kafka_topic_t *rd_kafka_topic_new0(rd_kafka_t *rk,
                 rkt->rkt_conf.compression_level = RD_KAFKA_COMPLEVEL_DEFAULT;
         }
 
+        /* kmirror: statistics.topic.histograms=false leaves these off. */
         rd_avg_init(&rkt->rkt_avg_batchsize, RD_AVG_GAUGE, 0,
                     rk->rk_conf.max_msg_size, 2,
-                    rk->rk_conf.stats_interval_ms ? 1 : 0);
+                    rk->rk_conf.stats_interval_ms &&
+                            rk->rk_conf.stats_topic_histograms
+                        ? 1
+                        : 0);
         rd_avg_init(&rkt->rkt_avg_batchcnt, RD_AVG_GAUGE, 0,
                     rk->rk_conf.batch_num_messages, 2,
-                    rk->rk_conf.stats_interval_ms ? 1 : 0);
+                    rk->rk_conf.stats_interval_ms &&
+                            rk->rk_conf.stats_topic_histograms
+                        ? 1
+                        : 0);
 
         rd_kafka_dbg(rk, TOPIC, "TOPIC", "New local topic: %.*s",
                      RD_KAFKAP_STR_PR(rkt->rkt_topic));
