@@ -2,12 +2,16 @@
 //! ledgers; offset-sync acknowledgements let commits move; a fatal
 //! producer error asks the flow to restart with a fresh producer.
 //!
-//! Reports are served by one thread only, the producer's polling thread
-//! ([`crate::kafka::Polled`]): kmirror never calls `flush` or `poll` on the
-//! producer elsewhere (it waits for the queue to empty instead, see
+//! Each producer's reports are served by one thread only, its polling
+//! thread ([`crate::kafka::Polled`]): kmirror never calls `flush` or `poll`
+//! on a producer elsewhere (it waits for the queue to empty instead, see
 //! [`crate::kafka::Polled::drain`]), so the reports of a partition are
 //! processed in the order librdkafka emits them, which for the idempotent
-//! producer is the send order. The ledger checks it anyway.
+//! producer is the send order. The ledger checks it anyway. Record reports
+//! come from the data producer's thread and point reports from the points
+//! producer's (see [`super::Producers`]); both take the slot's ledger lock,
+//! and a point is only written after the records it describes were
+//! reported.
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;

@@ -1,5 +1,6 @@
 //! The replication flow: one source consumer (the flow's consumer group)
-//! and one idempotent target producer per flow, driven from one thread.
+//! and two idempotent target producers per flow (records; offset-sync
+//! points, see [`Producers`]), driven from one thread.
 //!
 //! - **Order and fidelity**: each record goes to the same partition number
 //!   of the target topic with its key, value (null stays null), headers in
@@ -537,9 +538,11 @@ impl Replicator {
 
         let mut pcfg = kafka::client_config(&self.target, Role::Producer, &client_id);
         pcfg.set("statistics.interval.ms", "5000");
-        // No per-topic histograms (kmirror reads none): 22 KB per topic
-        // (see vendor/README.md).
+        // Statistics hold what kmirror reads and no more: no per-topic
+        // histograms (22 KB per topic), offsets only per partition (see
+        // vendor/README.md).
         pcfg.set("statistics.topic.histograms", "false");
+        pcfg.set("statistics.topics.brief", "true");
         kafka::apply_producer_owned(
             &mut pcfg,
             self.flow.compression.as_librdkafka(),
@@ -566,6 +569,17 @@ impl Replicator {
             // restarts with a fresh producer and resumes from the target.
             pcfg.set("enable.gapless.timeouts", "true");
         }
+        // The points producer: same target settings, no statistics (the
+        // flow's producer metrics are the data producer's), and a point
+        // that times out is only a failed point (commits wait for the
+        // next), so it need not stop the producer.
+        // Points wait up to POINTS_LINGER to go in batches: a commit or
+        // checkpoint waits that much more, and the target gets a few
+        // requests per second for them instead of one per `linger.ms`.
+        let mut points_cfg = pcfg.clone();
+        points_cfg.set("statistics.interval.ms", "0");
+        points_cfg.set("enable.gapless.timeouts", "false");
+        points_cfg.set("linger.ms", POINTS_LINGER.as_millis().to_string());
         let producer = kafka::Polled::create_with_purge(
             &pcfg,
             DeliveryCtx {
@@ -574,6 +588,17 @@ impl Replicator {
             },
             shared.purge_now.clone(),
         )?;
+        let points = kafka::Polled::create(
+            &points_cfg,
+            DeliveryCtx {
+                shared: shared.clone(),
+                cache: Mutex::new(None),
+            },
+        )?;
+        let producers = Producers {
+            data: producer.clone(),
+            points,
+        };
 
         let eos = if self.flow.delivery == Delivery::ExactlyOnce {
             let mut r = eos::Resolver::new(
@@ -606,11 +631,12 @@ impl Replicator {
         kafka::apply_consumer_owned(&mut ccfg, &group, &self.runtime);
         ccfg.set("statistics.interval.ms", "5000");
         ccfg.set("statistics.topic.histograms", "false");
+        ccfg.set("statistics.topics.brief", "true");
         let consumer: BaseConsumer<FlowConsumerCtx> = kafka::create(
             &ccfg,
             FlowConsumerCtx {
                 shared: shared.clone(),
-                producer: Mutex::new(Some(producer.clone())),
+                producer: Mutex::new(Some(producers.clone())),
                 eos,
                 drain_timeout: self.runtime.shutdown_timeout,
                 newly_assigned: Mutex::new(Vec::new()),
@@ -629,6 +655,7 @@ impl Replicator {
             sh: shared,
             consumer,
             producer,
+            producers,
             mirror,
             health: self.health.clone(),
             shutdown: shutdown.clone(),
@@ -711,11 +738,45 @@ enum Forwarded {
     Full(Arc<Slot>),
 }
 
+/// How long the points producer lets offset-sync points gather.
+const POINTS_LINGER: Duration = Duration::from_millis(200);
+
+/// A flow's two target producers. Records go through `data`; offset-sync
+/// points through `points`, on their own connection, so that a point never
+/// waits behind the data backlog: librdkafka serves a producer's partitions
+/// in turn, one request each, so with 10,000 partitions holding records
+/// the offset-sync partition's next request waited for all of them (and
+/// commits and checkpoints with it). A point is queued only after the
+/// records it describes were acknowledged, so nothing orders the two.
+#[derive(Clone)]
+pub(crate) struct Producers {
+    pub(crate) data: kafka::Polled<DeliveryCtx>,
+    pub(crate) points: kafka::Polled<DeliveryCtx>,
+}
+
+impl Producers {
+    /// Removes what is queued and in flight in both (see [`purge`]).
+    fn purge_all(&self) {
+        self.data
+            .purge(PurgeConfig::default().queue().inflight());
+        self.points
+            .purge(PurgeConfig::default().queue().inflight());
+    }
+
+    /// The fatal error of either producer.
+    fn fatal_error(&self) -> Option<String> {
+        kafka::fault::fatal_error(&*self.data)
+            .or_else(|| kafka::fault::fatal_error(&*self.points))
+    }
+}
+
 /// One run of a flow: the consume loop and its state.
 struct FlowLoop {
     sh: Arc<Shared>,
     consumer: BaseConsumer<FlowConsumerCtx>,
     producer: kafka::Polled<DeliveryCtx>,
+    /// `producer` and the points producer.
+    producers: Producers,
     mirror: watch::Receiver<Arc<MirrorSet>>,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -1353,7 +1414,7 @@ impl FlowLoop {
             c.flush();
         }
         sh.queue.set(self.producer.in_flight_count() as i64);
-        if let Some(why) = kafka::fault::fatal_error(&*self.producer) {
+        if let Some(why) = self.producers.fatal_error() {
             if sh.restart_requested().is_none() {
                 error!(flow = %sh.flow, error = %why, "target producer: fatal error; the flow restarts with a new producer and resumes from what the target acknowledged");
             }
@@ -1408,7 +1469,7 @@ impl FlowLoop {
         sh.idle_points(&slots, false);
         produce_syncs(
             &sh,
-            &self.producer,
+            &self.producers.points,
             Instant::now() + Duration::from_millis(50),
         );
         let unresolved = self
@@ -1538,10 +1599,10 @@ impl FlowLoop {
         if frozen {
             // The partitions may belong to another member already: nothing
             // queued may land now (see `watchdog`), and nothing is drained.
-            purge(&sh, &self.producer, &slots);
+            purge(&sh, &self.producers, &slots);
         } else if !drain_or_purge(
             &sh,
-            &self.producer,
+            &self.producers,
             &slots,
             timeout,
             Duration::from_secs(5),
@@ -1578,16 +1639,16 @@ impl FlowLoop {
 
 /// Waits until `slots` have nothing in flight, records nor points (the
 /// points are handed over meanwhile); false at the deadline. Reports are
-/// served by the producer's own thread only (see [`delivery`]).
+/// served by the producers' own threads only (see [`delivery`]).
 fn drain(
     sh: &Shared,
-    producer: &kafka::Polled<DeliveryCtx>,
+    producers: &Producers,
     slots: &[Arc<Slot>],
     deadline: Instant,
     every_point: bool,
 ) -> bool {
     loop {
-        produce_syncs(sh, producer, deadline);
+        produce_syncs(sh, &producers.points, deadline);
         if slots.iter().all(|s| s.quiet())
             && (!every_point
                 || sh
@@ -1630,25 +1691,25 @@ impl Forwardable for OwnedMessage {
 /// when everything was acknowledged.
 fn drain_or_purge(
     sh: &Shared,
-    producer: &kafka::Polled<DeliveryCtx>,
+    producers: &Producers,
     slots: &[Arc<Slot>],
     timeout: Duration,
     points_wait: Duration,
     every_point: bool,
 ) -> bool {
-    let mut drained = drain(sh, producer, slots, Instant::now() + timeout, every_point);
+    let mut drained = drain(sh, producers, slots, Instant::now() + timeout, every_point);
     if drained {
         sh.idle_points(slots, true);
         drained = drain(
             sh,
-            producer,
+            producers,
             slots,
             Instant::now() + points_wait,
             every_point,
         );
     }
     if !drained {
-        purge(sh, producer, slots);
+        purge(sh, producers, slots);
     }
     drained
 }
@@ -1657,12 +1718,12 @@ fn drain_or_purge(
 /// queued can no longer land after the partitions move (a request already
 /// on the wire can). Waits briefly for the purged records' reports, so that
 /// `slots`' ledgers are blocked at the first of them.
-fn purge(sh: &Shared, producer: &kafka::Polled<DeliveryCtx>, slots: &[Arc<Slot>]) {
+fn purge(sh: &Shared, producers: &Producers, slots: &[Arc<Slot>]) {
     sh.halt();
-    producer.purge(PurgeConfig::default().queue().inflight());
+    producers.purge_all();
     let _ = drain(
         sh,
-        producer,
+        producers,
         slots,
         Instant::now() + Duration::from_secs(5),
         false,

@@ -26,9 +26,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use tracing::{debug, error, info, warn};
 
-use super::delivery::DeliveryCtx;
 use super::slots::Slot;
-use super::{drain_or_purge, eos, purge, Shared, NO_SLOT};
+use super::{drain_or_purge, eos, purge, Producers, Shared, NO_SLOT};
 use crate::config::StartFrom;
 use crate::kafka::{self, log_librdkafka};
 use crate::offsets::codec::OffsetSync;
@@ -47,7 +46,7 @@ pub(crate) struct Assigned {
 /// Consumer context of a flow.
 pub(crate) struct FlowConsumerCtx {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) producer: Mutex<Option<kafka::Polled<DeliveryCtx>>>,
+    pub(crate) producer: Mutex<Option<Producers>>,
     pub(crate) eos: Option<Mutex<eos::Resolver>>,
     pub(crate) drain_timeout: Duration,
     /// Partitions assigned since the loop last looked.
@@ -97,7 +96,7 @@ impl FlowConsumerCtx {
         self.callbacks.lock().map(|d| *d).unwrap_or_default()
     }
 
-    fn producer(&self) -> Option<kafka::Polled<DeliveryCtx>> {
+    fn producer(&self) -> Option<Producers> {
         self.producer.lock().ok().and_then(|p| p.clone())
     }
 

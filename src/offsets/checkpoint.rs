@@ -392,12 +392,9 @@ impl Checkpointer {
                         producer
                             .send(rec)
                             .map_err(|(e, _)| format!("cannot queue a checkpoint: {e}"))?;
-                        // Written once acknowledged (after the flush).
+                        // Written (and counted) once acknowledged, after
+                        // the flush.
                         queued.push((key, (*c, down)));
-                        self.metrics
-                            .checkpoints
-                            .with_label_values(&[&self.flow.name, group])
-                            .inc();
                         debug!(flow = %self.flow.name, group, topic = %topic, partition = p, upstream = c, downstream = down, "checkpoint");
                     }
                     None => {
@@ -419,8 +416,14 @@ impl Checkpointer {
         producer
             .flush(TIMEOUT)
             .map_err(|e| format!("checkpoints not acknowledged: {e}"))?;
-        // Acknowledged: not written again while unchanged. (A failed flush
-        // leaves them out, so the next run writes them again.)
+        // Acknowledged: counted, and not written again while unchanged. (A
+        // failed flush leaves them out, so the next run writes them again.)
+        for ((group, _, _), _) in &queued {
+            self.metrics
+                .checkpoints
+                .with_label_values(&[&self.flow.name, group])
+                .inc();
+        }
         st.written.extend(queued);
         Ok(())
     }

@@ -1498,6 +1498,26 @@ static RD_INLINE void rd_kafka_stats_emit_toppar(struct _stats_emit *st,
                             end_offset - rktp->rktp_committed_pos.offset;
         }
 
+        if (rk->rk_conf.stats_topics_brief) {
+                /* kmirror: statistics.topics.brief */
+                _st_printf("%s\"%" PRId32
+                           "\": { "
+                           "\"partition\":%" PRId32
+                           ", "
+                           "\"hi_offset\":%" PRId64
+                           ", "
+                           "\"ls_offset\":%" PRId64
+                           ", "
+                           "\"committed_offset\":%" PRId64
+                           ", "
+                           "\"consumer_lag\":%" PRId64 "} ",
+                           first ? "" : ", ", rktp->rktp_partition,
+                           rktp->rktp_partition, rktp->rktp_hi_offset,
+                           rktp->rktp_ls_offset,
+                           rktp->rktp_committed_pos.offset, consumer_lag);
+                goto totals;
+        }
+
         _st_printf(
             "%s\"%" PRId32
             "\": { "
@@ -1599,6 +1619,7 @@ static RD_INLINE void rd_kafka_stats_emit_toppar(struct _stats_emit *st,
             rktp->rktp_eos.next_ack_seq, rktp->rktp_eos.next_err_seq,
             rktp->rktp_eos.acked_msgid);
 
+totals:
         if (total) {
                 total->txmsgs += rd_atomic64_get(&rktp->rktp_c.tx_msgs);
                 total->txmsg_bytes +=
@@ -1878,7 +1899,10 @@ static void rd_kafka_stats_emit_all(rd_kafka_t *rk) {
 
                 _st_printf("\"toppars\":{ " /*open toppars*/);
 
+                /* kmirror: statistics.topics.brief lists none. */
                 TAILQ_FOREACH(rktp, &rkb->rkb_toppars, rktp_rkblink) {
+                        if (rk->rk_conf.stats_topics_brief)
+                                break;
                         _st_printf(
                             "%s\"%.*s-%" PRId32
                             "\": { "
@@ -1908,22 +1932,32 @@ static void rd_kafka_stats_emit_all(rd_kafka_t *rk) {
                 int i, j;
 
                 rd_kafka_topic_rdlock(rkt);
-                _st_printf(
-                    "%s\"%.*s\": { "
-                    "\"topic\":\"%.*s\", "
-                    "\"age\":%" PRId64
-                    ", "
-                    "\"metadata_age\":%" PRId64 ", ",
-                    rkt == TAILQ_FIRST(&rk->rk_topics) ? "" : ", ",
-                    RD_KAFKAP_STR_PR(rkt->rkt_topic),
-                    RD_KAFKAP_STR_PR(rkt->rkt_topic),
-                    (now - rkt->rkt_ts_create) / 1000,
-                    rkt->rkt_ts_metadata ? (now - rkt->rkt_ts_metadata) / 1000
-                                         : 0);
+                if (rk->rk_conf.stats_topics_brief) {
+                        /* kmirror: statistics.topics.brief */
+                        _st_printf("%s\"%.*s\": { ",
+                                   rkt == TAILQ_FIRST(&rk->rk_topics) ? ""
+                                                                      : ", ",
+                                   RD_KAFKAP_STR_PR(rkt->rkt_topic));
+                } else {
+                        _st_printf(
+                            "%s\"%.*s\": { "
+                            "\"topic\":\"%.*s\", "
+                            "\"age\":%" PRId64
+                            ", "
+                            "\"metadata_age\":%" PRId64 ", ",
+                            rkt == TAILQ_FIRST(&rk->rk_topics) ? "" : ", ",
+                            RD_KAFKAP_STR_PR(rkt->rkt_topic),
+                            RD_KAFKAP_STR_PR(rkt->rkt_topic),
+                            (now - rkt->rkt_ts_create) / 1000,
+                            rkt->rkt_ts_metadata
+                                ? (now - rkt->rkt_ts_metadata) / 1000
+                                : 0);
 
-                rd_kafka_stats_emit_avg(st, "batchsize",
-                                        &rkt->rkt_avg_batchsize);
-                rd_kafka_stats_emit_avg(st, "batchcnt", &rkt->rkt_avg_batchcnt);
+                        rd_kafka_stats_emit_avg(st, "batchsize",
+                                                &rkt->rkt_avg_batchsize);
+                        rd_kafka_stats_emit_avg(st, "batchcnt",
+                                                &rkt->rkt_avg_batchcnt);
+                }
 
                 _st_printf("\"partitions\":{ " /*open partitions*/);
 

@@ -250,6 +250,8 @@ struct rd_kafka_conf_s {
         int stats_interval_ms;
         int stats_topic_histograms; /**< kmirror: per-topic batch
                                      *   histograms in statistics. */
+        int stats_topics_brief; /**< kmirror: topics and partitions
+                                 *   in statistics: offsets only. */
         int term_sig;
         int reconnect_backoff_ms;
         int reconnect_backoff_max_ms;

@@ -85,6 +85,13 @@ static void rd_kafka_timer_schedule_next(rd_kafka_timers_t *rkts,
                 cnd_signal(&rkts->rkts_cond);
                 if (rkts->rkts_wakeq)
                         rd_kafka_q_yield(rkts->rkts_wakeq);
+        } else if (rd_kafka_timer_cmp(
+                       rtmr, TAILQ_LAST(&rkts->rkts_timers,
+                                        rd_kafka_timers_tailq_head)) >= 0) {
+                /* kmirror: a timer rescheduled by its interval usually
+                 * goes last; the sorted insert below walked the whole
+                 * list to find that (one timer per partition: 10,000). */
+                TAILQ_INSERT_TAIL(&rkts->rkts_timers, rtmr, rtmr_link);
         } else
                 TAILQ_INSERT_SORTED(&rkts->rkts_timers, rtmr,
                                     rd_kafka_timer_t *, rtmr_link,

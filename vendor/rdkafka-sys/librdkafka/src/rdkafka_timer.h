@@ -36,7 +36,8 @@ struct rd_kafka_q_s; /**< Forward decl */
 /* A timer engine. */
 typedef struct rd_kafka_timers_s {
 
-        TAILQ_HEAD(, rd_kafka_timer_s) rkts_timers;
+        /* kmirror: named, for TAILQ_LAST */
+        TAILQ_HEAD(rd_kafka_timers_tailq_head, rd_kafka_timer_s) rkts_timers;
 
         struct rd_kafka_s *rkts_rk;
 
