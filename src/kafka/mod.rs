@@ -3,6 +3,7 @@
 //! `tracing`, and a reachability probe.
 
 pub mod acls;
+pub mod brokers;
 pub mod fault;
 pub mod group_offsets;
 pub mod incremental;
@@ -91,12 +92,9 @@ pub async fn reachable<C: ClientContext + 'static>(
     timeout: Duration,
 ) -> Result<(), String> {
     let a = admin.clone();
-    tokio::task::spawn_blocking(move || {
-        a.inner()
-            .fetch_metadata(None, timeout)
-            .map(|_| ())
-            .map_err(|e| redact(&e))
-    })
+    // A Metadata request for no topics (see `brokers`): the answer does
+    // not grow with the cluster's topics.
+    tokio::task::spawn_blocking(move || brokers::answer(a.inner(), timeout))
     .await
     .map_err(|e| e.to_string())?
 }
@@ -573,7 +571,9 @@ impl Follower {
         mut f: impl FnMut(Vec<OwnedMessage>),
     ) -> Result<usize, String> {
         let timeout = Duration::from_secs(10);
-        let md = c.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
+        let md = c
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map_err(|e| e.to_string())?;
         if !md
             .topics()
             .iter()

@@ -85,17 +85,34 @@ static void rd_kafka_timer_schedule_next(rd_kafka_timers_t *rkts,
                 cnd_signal(&rkts->rkts_cond);
                 if (rkts->rkts_wakeq)
                         rd_kafka_q_yield(rkts->rkts_wakeq);
-        } else if (rd_kafka_timer_cmp(
-                       rtmr, TAILQ_LAST(&rkts->rkts_timers,
-                                        rd_kafka_timers_tailq_head)) >= 0) {
-                /* kmirror: a timer rescheduled by its interval usually
-                 * goes last; the sorted insert below walked the whole
-                 * list to find that (one timer per partition: 10,000). */
-                TAILQ_INSERT_TAIL(&rkts->rkts_timers, rtmr, rtmr_link);
-        } else
-                TAILQ_INSERT_SORTED(&rkts->rkts_timers, rtmr,
-                                    rd_kafka_timer_t *, rtmr_link,
-                                    rd_kafka_timer_cmp);
+        } else {
+                /* kmirror: the sorted insert walked from the head, so a
+                 * timer rescheduled by its interval (which belongs near
+                 * the tail) walked past every other timer: one per
+                 * partition, 10,000 of them. This walks from both ends at
+                 * once and stops at the first side that finds the place,
+                 * which is the same place (after every timer due no
+                 * later): steps are twice the shorter distance. */
+                rd_kafka_timer_t *fwd  = first;
+                rd_kafka_timer_t *back = TAILQ_LAST(
+                    &rkts->rkts_timers, rd_kafka_timers_tailq_head);
+                for (;;) {
+                        if (rd_kafka_timer_cmp(back, rtmr) <= 0) {
+                                TAILQ_INSERT_AFTER(&rkts->rkts_timers, back,
+                                                   rtmr, rtmr_link);
+                                break;
+                        }
+                        if (fwd && rd_kafka_timer_cmp(rtmr, fwd) < 0) {
+                                TAILQ_INSERT_BEFORE(fwd, rtmr, rtmr_link);
+                                break;
+                        }
+                        /* back cannot pass first, which is due no later
+                         * than rtmr (the branch above). */
+                        back = TAILQ_PREV(back, rd_kafka_timers_tailq_head,
+                                          rtmr_link);
+                        fwd  = fwd ? TAILQ_NEXT(fwd, rtmr_link) : NULL;
+                }
+        }
 }
 
 
