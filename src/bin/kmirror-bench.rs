@@ -1069,8 +1069,6 @@ fn throttle_bench(rates: &[f64], secs: u64, size: usize, partitions: i32) -> Res
 /// target topic exists, until every record is mirrored, until every group
 /// has a checkpoint; kmirror's peak RSS; the size of `/metrics`.
 fn scale_bench(topics: usize, partitions: i32, groups: usize) -> Result<(), String> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     let dir = tempfile_dir()?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let kmirror = me.with_file_name("kmirror");
@@ -1080,50 +1078,23 @@ fn scale_bench(topics: usize, partitions: i32, groups: usize) -> Result<(), Stri
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let admin: AdminClient<DefaultClientContext> =
-        src.client_config().create().map_err(|e| e.to_string())?;
     let names: Vec<String> = (0..topics).map(|i| format!("scale-{i:05}")).collect();
     let t = Instant::now();
-    for chunk in names.chunks(500) {
-        let nts: Vec<NewTopic<'_>> = chunk
-            .iter()
-            .map(|n| {
-                NewTopic::new(n, partitions, TopicReplication::Fixed(1))
-                    .set("retention.ms", "86400000")
-            })
-            .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
-        rt.block_on(admin.create_topics(nts.iter(), &opts))
-            .map_err(|e| e.to_string())?;
-    }
-    // The records are written the way kmirror writes them (idempotent,
-    // acks=all, one record per partition) and timed: the broker's own
-    // floor for the mirroring phase, which writes the same batches again.
+    scale_topics(&rt, &src, &names, partitions)?;
     let made = t.elapsed();
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", src.bootstrap())
-        .set("log_level", "3")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("queue.buffering.max.kbytes", "262144")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let floor_started = Instant::now();
-    for n in &names {
-        for part in 0..partitions {
-            let rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(n)
-                .partition(part)
-                .key("k")
-                .payload(&b"v"[..]);
-            send_retrying(&p, rec);
-        }
-    }
-    p.flush(Duration::from_secs(300))
-        .map_err(|e| e.to_string())?;
-    let floor = floor_started.elapsed();
-    drop(p);
+    scale_records(&src.bootstrap(), &names, partitions, false)?;
+    // The floor: an idempotent producer (as kmirror's: acks=all) writing
+    // one record to each partition of the same topics on a broker of its
+    // own, stopped afterwards (its producer state would weigh on the
+    // source broker's every request). The mirroring phase writes the same
+    // batches to the target.
+    let floor = {
+        let fb = Nisshi::start("scale-floor", 0, Storage::Memory, &dir.join("floor.log"))?;
+        scale_topics(&rt, &fb, &names, partitions)?;
+        scale_records(&fb.bootstrap(), &names, partitions, true)?
+    };
     eprintln!(
-        "scale bench: topics made in {:.1}s; an idempotent producer wrote one record to each of the {} partitions in {:.1}s",
+        "scale bench: topics made in {:.1}s; on a broker of its own, an idempotent producer wrote one record to each of the {} partitions in {:.1}s",
         made.as_secs_f64(),
         topics as i64 * partitions as i64,
         floor.as_secs_f64()
@@ -1224,15 +1195,11 @@ fn scale_bench(topics: usize, partitions: i32, groups: usize) -> Result<(), Stri
                 rss as f64 / 1048576.0
             );
         }
-        if mirrored_at.is_none() {
-            if sum as i64 >= want_records {
-                mirrored_at = Some(elapsed);
-            }
+        if mirrored_at.is_none() && sum as i64 >= want_records {
+            mirrored_at = Some(elapsed);
         }
-        if checkpointed_at.is_none() {
-            if checkpointed >= groups {
-                checkpointed_at = Some(elapsed);
-            }
+        if checkpointed_at.is_none() && checkpointed >= groups {
+            checkpointed_at = Some(elapsed);
         }
     }
     let (_, rss) = proc_stats(pid);
@@ -1245,7 +1212,7 @@ fn scale_bench(topics: usize, partitions: i32, groups: usize) -> Result<(), Stri
     };
     println!("scale bench: {topics} topics x {partitions} partitions, {groups} groups");
     println!(
-        "  source written (floor, idempotent producer, one record per partition): {:.1} s",
+        "  floor (idempotent producer alone, one record per partition): {:.1} s",
         floor.as_secs_f64()
     );
     println!("  every target topic created:     {}", show(created_at));
@@ -1264,6 +1231,66 @@ fn scale_bench(topics: usize, partitions: i32, groups: usize) -> Result<(), Stri
     );
     println!("  kmirror log: {}", dir.join("kmirror.log").display());
     Ok(())
+}
+
+/// Creates `names` with `partitions` each on `broker`, 500 per request.
+fn scale_topics(
+    rt: &tokio::runtime::Runtime,
+    broker: &Nisshi,
+    names: &[String],
+    partitions: i32,
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        broker.client_config().create().map_err(|e| e.to_string())?;
+    for chunk in names.chunks(500) {
+        let nts: Vec<NewTopic<'_>> = chunk
+            .iter()
+            .map(|n| {
+                NewTopic::new(n, partitions, TopicReplication::Fixed(1))
+                    .set("retention.ms", "86400000")
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+        rt.block_on(admin.create_topics(nts.iter(), &opts))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Writes one record to each partition of `names`; the time it took.
+fn scale_records(
+    bootstrap: &str,
+    names: &[String],
+    partitions: i32,
+    idempotent: bool,
+) -> Result<Duration, String> {
+    let p: ThreadedProducer<DefaultProducerContext> = if idempotent {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("log_level", "3")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("queue.buffering.max.kbytes", "262144")
+            .create()
+            .map_err(|e| e.to_string())?
+    } else {
+        bulk_producer(bootstrap)
+    };
+    let started = Instant::now();
+    for n in names {
+        for part in 0..partitions {
+            let rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(n)
+                .partition(part)
+                .key("k")
+                .payload(&b"v"[..]);
+            send_retrying(&p, rec);
+        }
+    }
+    p.flush(Duration::from_secs(300))
+        .map_err(|e| e.to_string())?;
+    Ok(started.elapsed())
 }
 
 fn tempfile_dir() -> Result<PathBuf, String> {

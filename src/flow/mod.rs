@@ -757,16 +757,13 @@ pub(crate) struct Producers {
 impl Producers {
     /// Removes what is queued and in flight in both (see [`purge`]).
     fn purge_all(&self) {
-        self.data
-            .purge(PurgeConfig::default().queue().inflight());
-        self.points
-            .purge(PurgeConfig::default().queue().inflight());
+        self.data.purge(PurgeConfig::default().queue().inflight());
+        self.points.purge(PurgeConfig::default().queue().inflight());
     }
 
     /// The fatal error of either producer.
     fn fatal_error(&self) -> Option<String> {
-        kafka::fault::fatal_error(&*self.data)
-            .or_else(|| kafka::fault::fatal_error(&*self.points))
+        kafka::fault::fatal_error(&*self.data).or_else(|| kafka::fault::fatal_error(&*self.points))
     }
 }
 

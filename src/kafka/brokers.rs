@@ -20,7 +20,8 @@ pub fn answer<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Result
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: the client is live for the call; `md` receives a metadata
     // object owned by us on success, destroyed below exactly once.
-    let err = unsafe { rd::rd_kafka_metadata(client.native_ptr(), 0, ptr::null_mut(), &mut md, ms) };
+    let err =
+        unsafe { rd::rd_kafka_metadata(client.native_ptr(), 0, ptr::null_mut(), &mut md, ms) };
     if !md.is_null() {
         // SAFETY: returned by rd_kafka_metadata above, not used after.
         unsafe { rd::rd_kafka_metadata_destroy(md) };

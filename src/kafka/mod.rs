@@ -95,8 +95,8 @@ pub async fn reachable<C: ClientContext + 'static>(
     // A Metadata request for no topics (see `brokers`): the answer does
     // not grow with the cluster's topics.
     tokio::task::spawn_blocking(move || brokers::answer(a.inner(), timeout))
-    .await
-    .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 /// Adds the settings of a flow's source consumer that kmirror owns.

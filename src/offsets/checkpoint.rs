@@ -341,12 +341,8 @@ impl Checkpointer {
             // One request per group through this flow's own source client
             // (no consumer bound to each group, no client per tick), for
             // what the group committed (filtered by the mirror set below).
-            let fetched = crate::kafka::group_offsets::list_group_offsets(
-                src.client(),
-                group,
-                None,
-                TIMEOUT,
-            );
+            let fetched =
+                crate::kafka::group_offsets::list_group_offsets(src.client(), group, None, TIMEOUT);
             let offsets = match fetched {
                 Ok(o) => o,
                 Err(e) => {
