@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
 
@@ -17,10 +17,7 @@ fn backfill_copies_exactly_the_window_the_flow_skipped() {
     let dst = Broker::start(&unique("dst"));
     let topic = unique("late");
     src.create_topic(&topic, 2, &[]);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let base = now - 600_000;
     // 60 records one second apart, alternating partitions, before the flow.
     let old: Vec<Rec> = (0..60)
@@ -169,10 +166,7 @@ fn backfill_stops_a_partition_at_a_refused_record_and_names_it() {
     let dst = Broker::start(&unique("dst"));
     let topic = unique("big");
     src.create_topic(&topic, 1, &[]);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let big = vec![b'x'; 20_000];
     let recs: Vec<Rec> = (0..10)
         .map(|i| {

@@ -213,10 +213,7 @@ fn heartbeats_arrive_in_mm2_layout() {
     let k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
     wait_count(&dst, "heartbeats", 3, Duration::from_secs(30), &k);
     let recs = dst.read_all("heartbeats");
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let before = now_ms();
     for r in &recs {
         let hb = Heartbeat::decode(r.key.as_ref().unwrap(), r.value.as_ref().unwrap()).unwrap();
         assert_eq!((hb.source.as_str(), hb.target.as_str()), ("src", "dst"));

@@ -713,3 +713,11 @@ pub fn wait_checkpoints(cfg: &Path, group: &str, want_upstream: &[i64], k: &Kmir
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// Wall-clock time in milliseconds since the Unix epoch (record timestamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
