@@ -572,10 +572,10 @@ impl Replicator {
         // The points producer: same target settings, no statistics (the
         // flow's producer metrics are the data producer's), and a point
         // that times out is only a failed point (commits wait for the
-        // next), so it need not stop the producer.
-        // Points wait up to POINTS_LINGER to go in batches: a commit or
-        // checkpoint waits that much more, and the target gets a few
-        // requests per second for them instead of one per `linger.ms`.
+        // next), so it need not stop the producer. Points wait up to
+        // POINTS_LINGER to go in batches: a commit or checkpoint waits that
+        // much more, and the target gets a few requests per second for
+        // them instead of one per `linger.ms`.
         let mut points_cfg = pcfg.clone();
         points_cfg.set("statistics.interval.ms", "0");
         points_cfg.set("enable.gapless.timeouts", "false");
@@ -596,7 +596,7 @@ impl Replicator {
             },
         )?;
         let producers = Producers {
-            data: producer.clone(),
+            data: producer,
             points,
         };
 
@@ -654,7 +654,6 @@ impl Replicator {
         let mut l = FlowLoop {
             sh: shared,
             consumer,
-            producer,
             producers,
             mirror,
             health: self.health.clone(),
@@ -771,8 +770,7 @@ impl Producers {
 struct FlowLoop {
     sh: Arc<Shared>,
     consumer: BaseConsumer<FlowConsumerCtx>,
-    producer: kafka::Polled<DeliveryCtx>,
-    /// `producer` and the points producer.
+    /// The data producer and the points producer.
     producers: Producers,
     mirror: watch::Receiver<Arc<MirrorSet>>,
     health: Arc<Health>,
@@ -885,7 +883,7 @@ impl FlowLoop {
                 Some(Ok(msg)) => match forward(
                     &self.sh,
                     &mut self.cache,
-                    &self.producer,
+                    &self.producers.data,
                     &msg,
                     true,
                     self.provenance_skip.as_deref(),
@@ -905,7 +903,7 @@ impl FlowLoop {
                 self.forwarded += 1;
                 if self.fatal_after == Some(self.forwarded) {
                     warn!(flow = %self.sh.flow, "KMIRROR_TEST_FATAL_AFTER: raising a fatal producer error (test hook)");
-                    kafka::fault::raise_fatal(&*self.producer);
+                    kafka::fault::raise_fatal(&*self.producers.data);
                 }
             }
         }
@@ -1204,7 +1202,7 @@ impl FlowLoop {
     /// consumer meanwhile, so that the member stays in its group and
     /// rebalances are served.
     fn enter_backpressure(&mut self) {
-        self.resume_at = self.producer.in_flight_count() / 2;
+        self.resume_at = self.producers.data.in_flight_count() / 2;
         self.backoff = Duration::from_millis(1);
         self.waited = Duration::ZERO;
         self.sh
@@ -1257,7 +1255,7 @@ impl FlowLoop {
     /// Backpressure: hands the held-back records over once there is room;
     /// meanwhile polls the consumer (rebalances) and keeps house.
     fn wait_for_room(&mut self) {
-        if self.producer.in_flight_count() <= self.resume_at {
+        if self.producers.data.in_flight_count() <= self.resume_at {
             while let Some((slot, msg)) = self.pending.front() {
                 if slot.revoked.load(Ordering::Acquire) || slot.is_blocked() {
                     // Never sent, so never committed: the next owner (or
@@ -1268,7 +1266,7 @@ impl FlowLoop {
                 match forward(
                     &self.sh,
                     &mut self.cache,
-                    &self.producer,
+                    &self.producers.data,
                     msg,
                     false,
                     self.provenance_skip.as_deref(),
@@ -1279,7 +1277,7 @@ impl FlowLoop {
                         self.pending.pop_front();
                     }
                     Forwarded::Full(_) => {
-                        self.resume_at = self.producer.in_flight_count() / 2;
+                        self.resume_at = self.producers.data.in_flight_count() / 2;
                         break;
                     }
                 }
@@ -1400,7 +1398,8 @@ impl FlowLoop {
             c.flush();
         }
         if let Some(c) = self
-            .producer
+            .producers
+            .data
             .context()
             .cache
             .lock()
@@ -1410,7 +1409,7 @@ impl FlowLoop {
         {
             c.flush();
         }
-        sh.queue.set(self.producer.in_flight_count() as i64);
+        sh.queue.set(self.producers.data.in_flight_count() as i64);
         if let Some(why) = self.producers.fatal_error() {
             if sh.restart_requested().is_none() {
                 error!(flow = %sh.flow, error = %why, "target producer: fatal error; the flow restarts with a new producer and resumes from what the target acknowledged");

@@ -25,47 +25,23 @@ impl Drop for Request {
     }
 }
 
-struct Partitions(*mut rd::rd_kafka_topic_partition_list_t);
-impl Drop for Partitions {
-    fn drop(&mut self) {
-        // SAFETY: created by rd_kafka_topic_partition_list_new, destroyed
-        // exactly once; the request copied it.
-        unsafe { rd::rd_kafka_topic_partition_list_destroy(self.0) };
-    }
-}
-
-/// The committed offsets of `group` for `parts` (a partition without a
-/// commit is left out), with one ListConsumerGroupOffsets request. `None`
-/// asks for every partition the group has committed: the answer then
-/// grows with the group's commits, not with the caller's topics (librdkafka
-/// matches each answered partition against the asked list one by one, so
-/// asking for 10,000 partitions costs 10,000² comparisons per group).
+/// Every committed offset of `group` (a partition without a commit is left
+/// out), with one ListConsumerGroupOffsets request for all of the group's
+/// partitions: the answer grows with the group's commits, not with the
+/// caller's topics. (Asking for a partition list costs more than it saves:
+/// librdkafka matches each answered partition against the asked list one
+/// by one, 10,000² comparisons per group at 10,000 partitions.)
 pub fn list_group_offsets<C: ClientContext>(
     client: &Client<C>,
     group: &str,
-    parts: Option<&[(String, i32)]>,
     timeout: Duration,
 ) -> Result<BTreeMap<(String, i32), i64>, String> {
     let g = cstr(group)?;
-    let list = match parts {
-        None => None,
-        Some(parts) => {
-            // SAFETY: a fresh list, owned by the guard.
-            let list = Partitions(unsafe {
-                rd::rd_kafka_topic_partition_list_new(parts.len().min(i32::MAX as usize) as i32)
-            });
-            for (t, p) in parts {
-                let name = cstr(t)?;
-                // SAFETY: list is live; the topic name is copied by librdkafka.
-                unsafe { rd::rd_kafka_topic_partition_list_add(list.0, name.as_ptr(), *p) };
-            }
-            Some(list)
-        }
-    };
-    let list_ptr = list.as_ref().map_or(std::ptr::null_mut(), |l| l.0);
-    // SAFETY: group id and list (or NULL: every committed partition) are
-    // valid for the call and copied.
-    let req = Request(unsafe { rd::rd_kafka_ListConsumerGroupOffsets_new(g.as_ptr(), list_ptr) });
+    // SAFETY: the group id is valid for the call and copied; NULL asks for
+    // every committed partition.
+    let req = Request(unsafe {
+        rd::rd_kafka_ListConsumerGroupOffsets_new(g.as_ptr(), std::ptr::null_mut())
+    });
     if req.0.is_null() {
         return Err(format!(
             "cannot make a ListConsumerGroupOffsets request for {group}"

@@ -342,7 +342,7 @@ impl Checkpointer {
             // (no consumer bound to each group, no client per tick), for
             // what the group committed (filtered by the mirror set below).
             let fetched =
-                crate::kafka::group_offsets::list_group_offsets(src.client(), group, None, TIMEOUT);
+                crate::kafka::group_offsets::list_group_offsets(src.client(), group, TIMEOUT);
             let offsets = match fetched {
                 Ok(o) => o,
                 Err(e) => {
