@@ -24,11 +24,11 @@ fn one_leader_and_it_moves_when_killed() {
     src.create_topic(&topic, 2, &[]);
     src.produce(&topic, &numbered(0, 600, 2));
     commit_group(&src, "app-led", &topic, &[100, 150]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let (la, lb) = (http_listen(), http_listen());
     let flow = |listen: &str| {
         format!(
-            "[target.properties]\n\"session.timeout.ms\" = \"6000\"\n\n{}",
+            "[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\n[target.properties]\n\"session.timeout.ms\" = \"6000\"\n\n{}",
             flow_toml(
                 listen,
                 &topic,
@@ -101,7 +101,7 @@ fn leadership_moves_on_kill_and_freeze_and_never_has_two_writers() {
     src.create_topic(&topic, 2, &[]);
     src.produce(&topic, &numbered(0, 4000, 2));
     commit_group(&src, "app-lf", &topic, &[10, 10]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let listens: Vec<String> = (0..3).map(|_| http_listen()).collect();
     let mut procs = Vec::new();
     let mut cfgs = Vec::new();
@@ -109,7 +109,7 @@ fn leadership_moves_on_kill_and_freeze_and_never_has_two_writers() {
         let d = dir.path().join(format!("p{i}"));
         std::fs::create_dir_all(&d).unwrap();
         let body = format!(
-            "[target.properties]\n\"session.timeout.ms\" = \"6000\"\n\n{}",
+            "[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\n[target.properties]\n\"session.timeout.ms\" = \"6000\"\n\n{}",
             flow_toml(
                 l,
                 &topic,
@@ -128,6 +128,24 @@ fn leadership_moves_on_kill_and_freeze_and_never_has_two_writers() {
         Duration::from_secs(60),
         procs[0].as_ref().unwrap(),
     );
+    let app_lf_checkpoints = || {
+        dst.read_all("src.checkpoints.internal")
+            .iter()
+            .filter_map(|r| {
+                let cp = kmirror::offsets::codec::Checkpoint::decode(
+                    r.key.as_deref()?,
+                    r.value.as_deref()?,
+                )
+                .ok()?;
+                Some((cp, r.timestamp?))
+            })
+            .filter(|(cp, _)| cp.group == "app-lf")
+            .collect::<Vec<_>>()
+    };
+    // Checkpointing works before the faults start: the points of the
+    // mirrored records are persisted (a leader killed before that leaves
+    // the next owner of its flow partitions to mirror them again first).
+    wait_until(Duration::from_secs(60), || !app_lf_checkpoints().is_empty());
     // The group keeps committing, so that checkpoints keep changing.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let committer = {
@@ -211,20 +229,6 @@ fn leadership_moves_on_kill_and_freeze_and_never_has_two_writers() {
     }
     // Enough checkpoints to judge (a loaded machine stretches the
     // intervals): the group keeps committing until there are 20.
-    let app_lf_checkpoints = || {
-        dst.read_all("src.checkpoints.internal")
-            .iter()
-            .filter_map(|r| {
-                let cp = kmirror::offsets::codec::Checkpoint::decode(
-                    r.key.as_deref()?,
-                    r.value.as_deref()?,
-                )
-                .ok()?;
-                Some((cp, r.timestamp?))
-            })
-            .filter(|(cp, _)| cp.group == "app-lf")
-            .collect::<Vec<_>>()
-    };
     wait_until(Duration::from_secs(60), || app_lf_checkpoints().len() >= 20);
     stop.store(true, std::sync::atomic::Ordering::Release);
     let last = committer.join().unwrap();

@@ -1589,6 +1589,7 @@ impl FlowLoop {
             Exit::Restart(..) => Duration::from_secs(5),
         };
         info!(flow = %flow, "stopping: draining the producer and committing");
+        let started = Instant::now();
         let slots: Vec<Arc<Slot>> = sh.assigned().into_iter().map(|(_, s)| s).collect();
         let frozen =
             matches!(exit, Exit::Restart("frozen", _)) && sh.delivery == Delivery::ExactlyOnce;
@@ -1607,11 +1608,7 @@ impl FlowLoop {
             warn!(flow = %flow, "the target did not acknowledge everything before the deadline; the rest was purged and is not committed (it will be mirrored again)");
         }
         self.housekeeping();
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
-                warn!(flow = %flow, error = %e, "final commit failed");
-            }
-        }
+        self.final_commit(started + self.runtime.shutdown_timeout.mul_f64(0.85));
         // Close: the revoke callback drains and commits again (quickly),
         // then the consumer leaves the group so that its partitions move at
         // once instead of after the session timeout.
@@ -1630,6 +1627,52 @@ impl FlowLoop {
         self.health.set_flow(&flow, false, 0);
         self.health.set_unresolved(&flow, 0);
         info!(flow = %flow, "flow stopped");
+    }
+
+    /// Commits the stored positions before the consumer leaves the group.
+    ///
+    /// The group refuses a commit while it rebalances: the generation moved
+    /// on (IllegalGeneration), or the group waits for its members' SyncGroup
+    /// (RebalanceInProgress). A stop that lands in a rebalance (a member
+    /// joining or leaving a moment earlier) would then leave the positions
+    /// uncommitted, and the next owner would mirror again everything since
+    /// the last periodic commit. So the consumer is polled, to take its part
+    /// in the rebalance, and the commit is tried again with the new
+    /// generation until `deadline`. The records those polls return are not
+    /// forwarded and move nothing: the stored positions come from the
+    /// ledgers alone, and librdkafka keeps them only for partitions still
+    /// assigned, so a partition that moved meanwhile is not committed here.
+    fn final_commit(&mut self, deadline: Instant) {
+        let flow = self.sh.flow.clone();
+        let mut retries = 0u32;
+        loop {
+            let err = match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {
+                    if retries > 0 {
+                        info!(flow = %flow, retries, "final commit made after the group's rebalance");
+                    }
+                    return;
+                }
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => return,
+                Err(e) => e,
+            };
+            let rebalancing = matches!(
+                err,
+                KafkaError::ConsumerCommit(
+                    RDKafkaErrorCode::RebalanceInProgress | RDKafkaErrorCode::IllegalGeneration
+                )
+            );
+            if !rebalancing || Instant::now() >= deadline {
+                warn!(flow = %flow, error = %err, "final commit failed; the next owner of these partitions resumes from the last commit that succeeded (records after it are mirrored again)");
+                return;
+            }
+            debug!(flow = %flow, error = %err, "final commit refused while the group rebalances; taking part in the rebalance and committing again");
+            retries += 1;
+            let until = (Instant::now() + Duration::from_millis(200)).min(deadline);
+            while Instant::now() < until {
+                let _ = self.consumer.poll(Duration::from_millis(50));
+            }
+        }
     }
 }
 

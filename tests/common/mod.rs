@@ -29,6 +29,18 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{r:08x}", std::process::id())
 }
 
+/// A scratch directory for one test's configs and logs. Removed when
+/// dropped, unless `KMIRROR_TEST_KEEP_LOGS` is set: then it stays and its
+/// path is printed, so a failed run's kmirror logs can be read.
+pub fn test_dir() -> tempfile::TempDir {
+    let mut d = tempfile::tempdir().unwrap();
+    if std::env::var_os("KMIRROR_TEST_KEEP_LOGS").is_some() {
+        d.disable_cleanup(true);
+        eprintln!("test directory kept: {}", d.path().display());
+    }
+    d
+}
+
 /// One running nisshi broker: one "cluster". Stopped (by PID) on drop, so
 /// also when the test panics. A missing `nisshi` binary fails the test
 /// with the install command; tests never skip.
@@ -336,8 +348,15 @@ pub fn process_alive(pid: u32) -> bool {
 /// Writes a kmirror config for a source/target pair into `dir`.
 pub fn write_config(dir: &Path, source: &Broker, target: &Broker, extra: &str) -> PathBuf {
     let path = dir.join("kmirror.toml");
+    // Debugging aid: `KMIRROR_TEST_RDKAFKA_DEBUG=cgrp` (with
+    // `KMIRROR_TEST_LOG=info,librdkafka=debug`) logs librdkafka's debug
+    // contexts of the source clients. Not for tests whose `extra` sets
+    // `[source.properties]` itself (the table would be defined twice).
+    let dbg = std::env::var("KMIRROR_TEST_RDKAFKA_DEBUG")
+        .map(|d| format!("properties = {{ debug = \"{d}\" }}\n"))
+        .unwrap_or_default();
     let text = format!(
-        "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n\n{extra}\n",
+        "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n{dbg}\n[target]\nalias = \"dst\"\nbootstrap_servers = \"{}\"\n\n{extra}\n",
         source.bootstrap(),
         target.bootstrap()
     );
