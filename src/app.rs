@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::AdminClient;
+use rdkafka::consumer::Consumer;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, FlowConfig};
 use crate::config_sync::sync::ConfigSync;
@@ -24,12 +25,23 @@ use crate::offsets::offset_syncs_topic;
 /// Name of the heartbeats topic on the target.
 pub const HEARTBEATS_TOPIC: &str = "heartbeats";
 
+/// How long a reload waits for kmirror's internal topics on the target
+/// before it starts the flows anyway (and goes back to reading reloads).
+const RELOAD_TOPICS_WAIT: Duration = Duration::from_secs(30);
+
 /// Creates the internal topics kmirror writes on the target, retrying
-/// until it works or `shutdown`.
+/// with backoff until it works, `shutdown`, or `limit` (true once they
+/// exist). A target that refuses kmirror (TLS, SASL) or cannot be reached
+/// shows on `/readyz` and in `kmirror_cluster_up` /
+/// `kmirror_cluster_errors_total{cause}`, with one WARN per state that
+/// names the cluster and the cause in words.
 async fn ensure_internal_topics(
     config: &Config,
+    health: &Health,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+    limit: Option<Duration>,
+) -> anyhow::Result<bool> {
     let admin: AdminClient<KContext> = kafka::create(
         &kafka::client_config(&config.target, Role::Admin, "kmirror-admin"),
         KContext::default(),
@@ -50,10 +62,27 @@ async fn ensure_internal_topics(
         ),
         (crate::leader::leader_topic(&config.source.alias), "compact"),
     ];
+    // Asked first, with a short timeout: a refusal (TLS, SASL) shows in
+    // words at once, where a CreateTopics request would wait for its whole
+    // operation timeout and say only that it timed out.
+    let probe = Arc::new(kafka::reader(&config.target, "kmirror-admin")?);
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    let mut reported = std::collections::HashSet::new();
     let mut delay = Duration::from_millis(500);
     loop {
-        let mut failed = None;
-        for (t, policy) in &topics {
+        let p = probe.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            kafka::brokers::answer(p.client(), Duration::from_secs(10)).map_err(|e| {
+                // Serve the log events queued meanwhile (they say why).
+                let _ = p.poll(Duration::from_millis(100));
+                kafka::failure_text(&e, p.context().last_error().as_deref()).0
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let mut failed = answered.err();
+        for (t, policy) in topics.iter().filter(|_| failed.is_none()) {
             let mut configs = vec![("cleanup.policy", *policy)];
             if *policy == "delete" {
                 configs.push(("retention.ms", crate::offsets::SYNC_RETENTION_MS));
@@ -62,18 +91,48 @@ async fn ensure_internal_topics(
                 .await
                 .map(|_| ())
             {
-                failed = Some(format!("{t}: {e}"));
+                let last = admin.inner().context().last_error();
+                failed = Some(
+                    kafka::failure_text(
+                        &format!("cannot create kmirror's internal topic {t}: {e}"),
+                        last.as_deref(),
+                    )
+                    .0,
+                );
+                break;
             }
         }
         match failed {
-            None => return Ok(()),
-            Some(e) => {
-                warn!(error = %e, retry_in = ?delay, "cannot create kmirror's internal topics on the target yet");
+            None => {
+                if !reported.is_empty() {
+                    discovery::cluster_ok(health, metrics, "target", &config.target, &mut reported);
+                }
+                return Ok(true);
+            }
+            Some(text) => {
+                discovery::cluster_failed(
+                    health,
+                    metrics,
+                    "target",
+                    &config.target,
+                    &text,
+                    "retrying with backoff (nothing is mirrored until kmirror's internal topics exist)",
+                    &mut reported,
+                );
+                debug!(error = %text, retry_in = ?delay, "internal topics not created yet");
             }
         }
+        let mut wait = delay;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            wait = wait.min(left);
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(wait) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
@@ -176,7 +235,7 @@ pub async fn run_reloadable(
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
     warn_tls_off(&config);
-    ensure_internal_topics(&config, &shutdown).await?;
+    ensure_internal_topics(&config, &health, &metrics, &shutdown, None).await?;
     let mut engine = Engine {
         config: config.clone(),
         metrics,
@@ -492,8 +551,22 @@ impl Engine {
         self.config = new_cfg;
         warn_tls_off(&self.config);
         if plan.clusters || !plan.added.is_empty() {
-            if let Err(e) = ensure_internal_topics(&self.config, &self.shutdown).await {
-                error!(error = format!("{e:#}"), "internal topics after the reload");
+            // Bounded: a reload whose target refuses kmirror (a wrong new
+            // secret) must not keep the process from reading the next one.
+            match ensure_internal_topics(
+                &self.config,
+                &self.health,
+                &self.metrics,
+                &self.shutdown,
+                Some(RELOAD_TOPICS_WAIT),
+            )
+            .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    error!(wait = ?RELOAD_TOPICS_WAIT, "after the reload, kmirror's internal topics could not be created on the target (see /readyz for the cause); the flows start anyway and retry, and the next reload is read")
+                }
+                Err(e) => error!(error = format!("{e:#}"), "internal topics after the reload"),
             }
         }
         let mut result = "applied";

@@ -319,24 +319,10 @@ impl Discovery {
         }
     }
 
-    /// A cluster answered: ready again, and the next failure is reported.
     fn cluster_ok(&self, role: &str, cluster: &ClusterConfig, reported: &mut HashSet<String>) {
-        self.health.set_cluster(role, Ok(()));
-        self.metrics
-            .cluster_up
-            .with_label_values(&[role, &cluster.alias])
-            .set(1);
-        let key = format!("cluster:{role}");
-        if reported.remove(&key) {
-            info!(cluster = role, alias = %cluster.alias, bootstrap = %cluster.bootstrap_servers, "cluster reachable again");
-        }
+        cluster_ok(&self.health, &self.metrics, role, cluster, reported);
     }
 
-    /// A cluster did not answer: `/readyz` says why (in words when the
-    /// cause is known: TLS, SASL), `kmirror_cluster_up` is 0,
-    /// `kmirror_cluster_errors_total{cause}` counts it, and a WARN names
-    /// the cluster once per error (the clients retry with librdkafka's
-    /// reconnect backoff, and the next pass asks again).
     fn cluster_failed(
         &self,
         role: &str,
@@ -344,23 +330,15 @@ impl Discovery {
         error: &str,
         reported: &mut HashSet<String>,
     ) {
-        let cause = kafka::cause_of(error).map_or("unreachable", kafka::Cause::label);
-        let why = format!(
-            "{role} cluster {} at {}: {error}",
-            cluster.alias, cluster.bootstrap_servers
+        cluster_failed(
+            &self.health,
+            &self.metrics,
+            role,
+            cluster,
+            error,
+            "keeping the current mirror set and trying again",
+            reported,
         );
-        self.health.set_cluster(role, Err(why.clone()));
-        self.metrics
-            .cluster_up
-            .with_label_values(&[role, &cluster.alias])
-            .set(0);
-        self.metrics
-            .cluster_errors
-            .with_label_values(&[role, cause])
-            .inc();
-        if reported.insert(format!("cluster:{role}")) {
-            warn!("cannot reach the {why}; keeping the current mirror set and trying again");
-        }
     }
 
     async fn pass(
@@ -462,6 +440,58 @@ impl Discovery {
                 }
             });
         }
+    }
+}
+
+/// A cluster answered: ready again, and the next failure is reported.
+pub(crate) fn cluster_ok(
+    health: &Health,
+    metrics: &Metrics,
+    role: &str,
+    cluster: &ClusterConfig,
+    reported: &mut HashSet<String>,
+) {
+    health.set_cluster(role, Ok(()));
+    metrics
+        .cluster_up
+        .with_label_values(&[role, &cluster.alias])
+        .set(1);
+    let key = format!("cluster:{role}");
+    if reported.remove(&key) {
+        info!(cluster = role, alias = %cluster.alias, bootstrap = %cluster.bootstrap_servers, "cluster reachable again");
+    }
+}
+
+/// A cluster did not answer: `/readyz` says why (in words when the cause
+/// is known: TLS, SASL), `kmirror_cluster_up` is 0,
+/// `kmirror_cluster_errors_total{cause}` counts it, and a WARN names the
+/// cluster once per error, saying what happens `next` (the clients retry
+/// with librdkafka's reconnect backoff, and the caller asks again).
+pub(crate) fn cluster_failed(
+    health: &Health,
+    metrics: &Metrics,
+    role: &str,
+    cluster: &ClusterConfig,
+    error: &str,
+    next: &str,
+    reported: &mut HashSet<String>,
+) {
+    let cause = kafka::cause_of(error).map_or("unreachable", kafka::Cause::label);
+    let why = format!(
+        "{role} cluster {} at {}: {error}",
+        cluster.alias, cluster.bootstrap_servers
+    );
+    health.set_cluster(role, Err(why.clone()));
+    metrics
+        .cluster_up
+        .with_label_values(&[role, &cluster.alias])
+        .set(0);
+    metrics
+        .cluster_errors
+        .with_label_values(&[role, cause])
+        .inc();
+    if reported.insert(format!("cluster:{role}")) {
+        warn!("cannot reach the {why}; {next}");
     }
 }
 

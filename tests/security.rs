@@ -491,6 +491,80 @@ fn run_reports_a_refused_login_on_readyz_and_in_metrics() {
     );
 }
 
+/// The target refuses kmirror from the start (a wrong password): the
+/// internal topics cannot be created, and `kmirror run` says so the same
+/// way as for the source: `/readyz` names the target cluster and the
+/// cause, the metrics count it, one WARN, no secret, and it keeps trying.
+#[test]
+fn run_reports_a_target_that_refuses_it_from_the_start() {
+    let pki = Pki::new();
+    let src = Broker::start(&unique("src"));
+    let dst = secure_broker(&pki, &unique("dst"), "scram256", "right-pw-7");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = http_listen();
+    let text = format!(
+        "[source]\nalias = \"src\"\nbootstrap_servers = \"{}\"\n\n[target]\nalias = \"prod-dst\"\nbootstrap_servers = \"{}\"\n[target.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanism\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"mirror\"\n\"sasl.password\" = \"wrong-pw-8\"\n\"ssl.ca.location\" = \"{}\"\n\n{}",
+        src.bootstrap(),
+        dst.bootstrap(),
+        pki.ca(),
+        flow_toml(&listen, "x", "")
+    );
+    let cfg = dir.path().join("kmirror.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let body = loop {
+        let got = http_get(&listen, "/readyz");
+        match &got {
+            Some((503, b)) if b.contains("authentication failed") => break b.clone(),
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no readiness reason for the refused target login: {got:?}\nlog:\n{}",
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        body.contains("target cluster prod-dst") && body.contains(&dst.bootstrap()),
+        "{body}"
+    );
+    // More tries (with backoff): still one WARN for the cluster.
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, metrics) = http_get(&listen, "/metrics").expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "kmirror_cluster_errors_total{cause=\"authentication\",cluster=\"target\"}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kmirror_cluster_up{alias=\"prod-dst\",cluster=\"target\"} 0"),
+        "{metrics}"
+    );
+    let log = k.log_text();
+    assert_eq!(
+        log.matches("cannot reach the target cluster").count(),
+        1,
+        "one WARN per state change:\n{log}"
+    );
+    assert!(process_alive(k.pid()), "kmirror must keep retrying:\n{log}");
+    for text in [&log, &body, &metrics] {
+        assert!(
+            !text.contains("wrong-pw-8") && !text.contains("right-pw-7"),
+            "a password leaked"
+        );
+    }
+    k.signal("TERM");
+    assert_eq!(
+        k.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        k.log_text()
+    );
+}
+
 /// Credential rotation rides on live reload: the source's SCRAM password
 /// is changed on the broker while kmirror runs (its logins fail and
 /// `/readyz` says so), the new password is written to the secret file,

@@ -81,7 +81,9 @@ impl ClusterConfig {
             .iter()
             .filter(|(k, v)| {
                 let v = v.trim().to_ascii_lowercase();
-                (*k == "enable.ssl.certificate.verification" && v == "false")
+                // librdkafka reads "false", "f" and "0" as false.
+                (*k == "enable.ssl.certificate.verification"
+                    && matches!(v.as_str(), "false" | "f" | "0"))
                     || (*k == "ssl.endpoint.identification.algorithm" && v == "none")
             })
             .map(|(k, v)| format!("{k} = {v}"))
@@ -700,6 +702,27 @@ fn remove_path(table: &mut toml_edit::Table, path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_spelling_librdkafka_reads_as_false_turns_verification_off() {
+        let cluster = |k: &str, v: &str| ClusterConfig {
+            alias: "a".into(),
+            bootstrap_servers: "h:1".into(),
+            properties: Properties([(k.to_string(), v.to_string())].into_iter().collect()),
+        };
+        for v in ["false", "FALSE", " f ", "0"] {
+            let c = cluster("enable.ssl.certificate.verification", v);
+            assert_eq!(c.tls_verification_off().len(), 1, "{v:?}");
+        }
+        for v in ["true", "1", "t"] {
+            let c = cluster("enable.ssl.certificate.verification", v);
+            assert!(c.tls_verification_off().is_empty(), "{v:?}");
+        }
+        let c = cluster("ssl.endpoint.identification.algorithm", "None");
+        assert_eq!(c.tls_verification_off().len(), 1);
+        let c = cluster("ssl.endpoint.identification.algorithm", "https");
+        assert!(c.tls_verification_off().is_empty());
+    }
 
     #[test]
     fn start_from_parses_names_and_rfc3339_with_offsets() {
