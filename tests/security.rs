@@ -568,13 +568,15 @@ fn run_reports_a_target_that_refuses_it_from_the_start() {
 /// Credential rotation rides on live reload: the source's SCRAM password
 /// is changed on the broker while kmirror runs (its logins fail and
 /// `/readyz` says so), the new password is written to the secret file,
-/// and a SIGHUP makes the clients reconnect with it. Nothing is lost and
-/// exactly-once holds (an exact copy, no duplicate).
+/// and a SIGHUP makes the clients reconnect with it. Then the target's
+/// password rotates, and a first reload carries a typo: it does not keep
+/// the process from reading the next reload, which has the right one.
+/// Nothing is lost and exactly-once holds (an exact copy, no duplicate).
 #[test]
 fn a_rotated_password_is_picked_up_by_a_reload() {
     let pki = Pki::new();
     let mut src = secure_broker(&pki, &unique("src"), "scram512", "old-pw-1");
-    let dst = secure_broker(&pki, &unique("dst"), "scram256", "dst-mirror-pw-2");
+    let mut dst = secure_broker(&pki, &unique("dst"), "scram256", "dst-mirror-pw-2");
     let topic = format!("payments.{}", unique("rot"));
     let target = format!("prod-eu.{topic}");
     src.create_topic(&topic, 2, &[("retention.ms", "-1")]);
@@ -590,6 +592,15 @@ fn a_rotated_password_is_picked_up_by_a_reload() {
         &listen,
         "delivery = \"exactly-once\"\nrefresh_topics_interval = \"1s\"",
     );
+    // The target's password from a secret file too, so that it can rotate
+    // without a restart.
+    let dst_pw_file = dir.path().join("dst-password");
+    std::fs::write(&dst_pw_file, "dst-mirror-pw-2\n").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "\"${US_PASSWORD}\"",
+        &format!("\"${{file:{}}}\"", dst_pw_file.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
     let k = KmirrorProc::start_env(&cfg, &dir.path().join("kmirror.log"), &ENV);
     wait_count(&dst, &target, 1000, Duration::from_secs(90), &k);
 
@@ -610,9 +621,28 @@ fn a_rotated_password_is_picked_up_by_a_reload() {
     wait_until(Duration::from_secs(60), || {
         http_get(&listen, "/readyz").is_some_and(|(code, _)| code == 200)
     });
+
+    // The target's password rotates, and the first reload carries a wrong
+    // one: that reload gives up waiting for the target after a bounded
+    // time, so the next reload (the right password) is still read.
+    dst.set_password("mirror", "dst-new-pw-3", "scram256");
+    std::fs::write(&dst_pw_file, "dst-typo-pw-4\n").unwrap();
+    k.signal("HUP");
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&dst_pw_file, "dst-new-pw-3\n").unwrap();
+    k.signal("HUP");
+    src.produce(&topic, &numbered(2000, 1000, 2));
+    wait_count(&dst, &target, 3000, Duration::from_secs(150), &k);
+    assert_exact_copy(&src, &topic, &dst, &target);
     let log = k.log_text();
     assert!(log.contains("configuration reloaded"), "{log}");
-    for secret in ["old-pw-1", "new-pw-2", "dst-mirror-pw-2"] {
+    for secret in [
+        "old-pw-1",
+        "new-pw-2",
+        "dst-mirror-pw-2",
+        "dst-new-pw-3",
+        "dst-typo-pw-4",
+    ] {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
