@@ -431,64 +431,15 @@ fn run_reports_a_refused_login_on_readyz_and_in_metrics() {
         out.contains("WARNING: TLS certificate verification is off for the source"),
         "{out}"
     );
-    let mut k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let body = loop {
-        let got = http_get(&listen, "/readyz");
-        match &got {
-            Some((503, b)) if b.contains("authentication failed") => break b.clone(),
-            _ => {}
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no readiness reason for the refused login: {got:?}\nlog:\n{}",
-            k.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    assert!(
-        body.contains("prod-src") && body.contains(&src.bootstrap()),
-        "{body}"
+    let log = run_refused(
+        &cfg,
+        &listen,
+        "source",
+        "prod-src",
+        &src.bootstrap(),
+        &["wrong-pw-5", "right-pw-3"],
     );
-    // A few more passes (1 s apart): still one WARN for the cluster.
-    std::thread::sleep(Duration::from_secs(4));
-    let (_, metrics) = http_get(&listen, "/metrics").expect("metrics");
-    assert!(
-        metrics.lines().any(|l| l.starts_with(
-            "kmirror_cluster_errors_total{cause=\"authentication\",cluster=\"source\"}"
-        )),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("kmirror_cluster_up{alias=\"prod-src\",cluster=\"source\"} 0"),
-        "{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("cluster_up"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let log = k.log_text();
     assert!(log.contains("TLS certificate verification is OFF"), "{log}");
-    assert_eq!(
-        log.matches("cannot reach the source cluster").count(),
-        1,
-        "one WARN per state change:\n{log}"
-    );
-    assert!(process_alive(k.pid()), "kmirror must keep retrying:\n{log}");
-    for text in [&log, &body, &metrics] {
-        assert!(
-            !text.contains("wrong-pw-5") && !text.contains("right-pw-3"),
-            "a password leaked"
-        );
-    }
-    k.signal("TERM");
-    assert_eq!(
-        k.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        k.log_text()
-    );
 }
 
 /// The target refuses kmirror from the start (a wrong password): the
@@ -511,50 +462,81 @@ fn run_reports_a_target_that_refuses_it_from_the_start() {
     );
     let cfg = dir.path().join("kmirror.toml");
     std::fs::write(&cfg, text).unwrap();
-    let mut k = KmirrorProc::start(&cfg, &dir.path().join("kmirror.log"));
+    run_refused(
+        &cfg,
+        &listen,
+        "target",
+        "prod-dst",
+        &dst.bootstrap(),
+        &["wrong-pw-8", "right-pw-7"],
+    );
+}
+
+/// Runs kmirror on `cfg`, whose `role` cluster refuses its login, and
+/// checks what it says: `/readyz` answers 503 naming the cluster (alias,
+/// bootstrap) and the cause in words, the metrics count the refusal,
+/// one WARN for several tries, it keeps running, and no password of
+/// `secrets` is in the log, `/readyz` or `/metrics`. Returns the log.
+fn run_refused(
+    cfg: &Path,
+    listen: &str,
+    role: &str,
+    alias: &str,
+    bootstrap: &str,
+    secrets: &[&str],
+) -> String {
+    let log_path = cfg.with_file_name("kmirror.log");
+    let mut k = KmirrorProc::start(cfg, &log_path);
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let body = loop {
-        let got = http_get(&listen, "/readyz");
+        let got = http_get(listen, "/readyz");
         match &got {
             Some((503, b)) if b.contains("authentication failed") => break b.clone(),
             _ => {}
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no readiness reason for the refused target login: {got:?}\nlog:\n{}",
+            "no readiness reason for the refused login: {got:?}\nlog:\n{}",
             k.log_text()
         );
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(
-        body.contains("target cluster prod-dst") && body.contains(&dst.bootstrap()),
+        body.contains(&format!("{role} cluster {alias}")) && body.contains(bootstrap),
         "{body}"
     );
-    // More tries (with backoff): still one WARN for the cluster.
+    // More tries (1 s apart, or with backoff): still one WARN.
     std::thread::sleep(Duration::from_secs(4));
-    let (_, metrics) = http_get(&listen, "/metrics").expect("metrics");
+    let (_, metrics) = http_get(listen, "/metrics").expect("metrics");
     assert!(
-        metrics.lines().any(|l| l.starts_with(
-            "kmirror_cluster_errors_total{cause=\"authentication\",cluster=\"target\"}"
-        )),
+        metrics.lines().any(|l| l.starts_with(&format!(
+            "kmirror_cluster_errors_total{{cause=\"authentication\",cluster=\"{role}\"}}"
+        ))),
         "{metrics}"
     );
     assert!(
-        metrics.contains("kmirror_cluster_up{alias=\"prod-dst\",cluster=\"target\"} 0"),
-        "{metrics}"
+        metrics.contains(&format!(
+            "kmirror_cluster_up{{alias=\"{alias}\",cluster=\"{role}\"}} 0"
+        )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("cluster_up"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let log = k.log_text();
     assert_eq!(
-        log.matches("cannot reach the target cluster").count(),
+        log.matches(&format!("cannot reach the {role} cluster"))
+            .count(),
         1,
         "one WARN per state change:\n{log}"
     );
     assert!(process_alive(k.pid()), "kmirror must keep retrying:\n{log}");
     for text in [&log, &body, &metrics] {
-        assert!(
-            !text.contains("wrong-pw-8") && !text.contains("right-pw-7"),
-            "a password leaked"
-        );
+        for secret in secrets {
+            assert!(!text.contains(secret), "a password leaked");
+        }
     }
     k.signal("TERM");
     assert_eq!(
@@ -563,6 +545,7 @@ fn run_reports_a_target_that_refuses_it_from_the_start() {
         "{}",
         k.log_text()
     );
+    log
 }
 
 /// Credential rotation rides on live reload: the source's SCRAM password
