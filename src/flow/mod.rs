@@ -1862,6 +1862,24 @@ fn forward<M: Forwardable>(
             slot.not_sent();
             Forwarded::Full(slot.clone())
         }
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), _)) => {
+            // The producer's metadata is older than discovery's: the target
+            // partition was just added (a held partition released), and
+            // librdkafka refreshes topic metadata only every
+            // `topic.metadata.refresh.interval.ms`. Not the record's fault:
+            // the producer asks for the topic's metadata now, and the
+            // record is kept back like one that met a full queue (the retry
+            // sends it).
+            slot.not_sent();
+            debug!(flow = %sh.flow, topic = %slot.target, partition = slot.partition, "target partition unknown to the producer yet; refreshing its metadata");
+            if let Err(e) = producer
+                .client()
+                .fetch_metadata(Some(&slot.target), Duration::from_secs(5))
+            {
+                debug!(flow = %sh.flow, topic = %slot.target, error = %e, "producer metadata refresh failed");
+            }
+            Forwarded::Full(slot.clone())
+        }
         Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
             // Not the record's fault: the producer is gone. Kept back like a
             // full queue; the loop sees the restart request and stops.
