@@ -22,7 +22,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::slots::SlotCache;
 use super::{now_ms, Shared, NO_SLOT, OFFSET_BITS, OFFSET_MASK, SYNC_FLAG};
@@ -146,16 +146,22 @@ impl ProducerContext for DeliveryCtx {
                         .errors
                         .with_label_values(&[&sh.flow, "foreign_writer"])
                         .inc();
-                    warn!(
-                        flow = %sh.flow, topic = %slot.topic, partition = slot.partition,
-                        target = %slot.target, source_offset = src, target_offset = tgt,
-                        "another writer produced to the target partition between two mirrored records{}",
-                        if sh.delivery == Delivery::ExactlyOnce {
-                            " (exactly-once cannot hold if a second kmirror process still writes this partition)"
-                        } else {
-                            ""
-                        }
-                    );
+                    // Exactly-once cannot hold when a second kmirror
+                    // process still writes this partition: an ERROR. In
+                    // at-least-once another writer may be expected.
+                    if sh.delivery == Delivery::ExactlyOnce {
+                        error!(
+                            flow = %sh.flow, topic = %slot.topic, partition = slot.partition,
+                            target = %slot.target, source_offset = src, target_offset = tgt,
+                            "another writer produced to the target partition between two mirrored records (exactly-once cannot hold if a second kmirror process still writes this partition)"
+                        );
+                    } else {
+                        warn!(
+                            flow = %sh.flow, topic = %slot.topic, partition = slot.partition,
+                            target = %slot.target, source_offset = src, target_offset = tgt,
+                            "another writer produced to the target partition between two mirrored records"
+                        );
+                    }
                 }
             }
             Err((e, m)) => {
