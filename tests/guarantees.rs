@@ -408,6 +408,15 @@ fn exactly_once_holds_partitions_until_their_position_can_be_derived() {
     wait_until(Duration::from_secs(30), || {
         http_get(&listen_a, "/readyz").is_some_and(|(_, b)| b.contains("held"))
     });
+    // And in the metric: paused, reason "unresolved".
+    wait_until(Duration::from_secs(30), || {
+        http_get(&listen_a, "/metrics").is_some_and(|(_, m)| {
+            m.lines().any(|l| {
+                l.starts_with("kmirror_partitions_paused{flow=\"f\",reason=\"unresolved\"}")
+                    && !l.ends_with(" 0")
+            })
+        })
+    });
     dst.restart();
     wait_count(&dst, &target, sent as i64, Duration::from_secs(120), &a);
     std::thread::sleep(Duration::from_secs(3));
