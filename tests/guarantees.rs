@@ -357,6 +357,47 @@ fn a_target_outage_longer_than_the_poll_interval_keeps_the_member_and_the_copy_e
     );
 }
 
+/// A revoke whose drain times out (the target is down, records are
+/// queued): the producer's queue is purged before the partitions move and
+/// the flow restarts, so nothing queued by the old owner lands after the
+/// new owner derived its position. Exactly-once stays exact.
+#[test]
+fn a_revoke_whose_drain_times_out_purges_before_the_partitions_move() {
+    let src = Broker::start(&unique("src"));
+    let mut dst = Broker::start_sqlite(&unique("dst"));
+    let topic = unique("revoke");
+    src.create_topic(&topic, 4, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n{}",
+        flow(
+            &topic,
+            "delivery = \"exactly-once\"\n\n[runtime]\nshutdown_timeout = \"3s\"\n"
+        )
+    );
+    let cfg = write_config(dir.path(), &src, &dst, &text);
+    let a = KmirrorProc::start(&cfg, &dir.path().join("a.log"));
+    let target = format!("src.{topic}");
+    src.produce(&topic, &numbered(0, 4000, 4));
+    wait_count(&dst, &target, 4000, Duration::from_secs(60), &a);
+    // The target goes down with records queued in A; then B joins, and A's
+    // revoke cannot drain within its 3 s.
+    dst.kill();
+    src.produce(&topic, &numbered(4000, 8000, 4));
+    std::thread::sleep(Duration::from_secs(2));
+    let b = KmirrorProc::start(&cfg, &dir.path().join("b.log"));
+    wait_until(Duration::from_secs(60), || {
+        a.log_text().contains(
+            "revoke: the target did not acknowledge the revoked partitions' records in time",
+        )
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    dst.restart();
+    wait_count(&dst, &target, 12_000, Duration::from_secs(120), &b);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_exact_copy(&src, &topic, &dst, &target);
+}
+
 /// Exactly-once never falls back to the group's commit: partitions that
 /// move while the target is down are held until their position can be
 /// derived, then resume exactly.
