@@ -1608,7 +1608,13 @@ impl FlowLoop {
             warn!(flow = %flow, "the target did not acknowledge everything before the deadline; the rest was purged and is not committed (it will be mirrored again)");
         }
         self.housekeeping();
-        self.final_commit(started + self.runtime.shutdown_timeout.mul_f64(0.85));
+        // The commit may wait for a rebalance to end: within the process's
+        // deadline on a stop, a few seconds on a restart.
+        let commit_by = match exit {
+            Exit::Stopped => self.runtime.shutdown_timeout.mul_f64(0.85),
+            Exit::Restart(..) => Duration::from_secs(8),
+        };
+        self.final_commit(started + commit_by);
         // Close: the revoke callback drains and commits again (quickly),
         // then the consumer leaves the group so that its partitions move at
         // once instead of after the session timeout.
