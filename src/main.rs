@@ -7,12 +7,27 @@ use std::process::ExitCode;
 use clap::Parser;
 use kmirror::cli::{Cli, LogFormat};
 
-// jemalloc serves every allocation of the process, librdkafka's included
-// (unprefixed `malloc`): glibc's per-thread arenas kept about twice the
-// live heap resident with thousands of partitions.
-#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+/// glibc's malloc (which also serves librdkafka) makes up to 8 arenas per
+/// core, one for each thread that allocates while another holds an arena,
+/// and each keeps what was freed in it resident: with thousands of
+/// partitions that was about twice the live heap. Two arenas keep the
+/// resident size near the heap and kmirror's threads (mostly waiting on
+/// sockets) from contending (README, "Scale" and "Benchmark"). A
+/// `MALLOC_ARENA_MAX` in the environment still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a malloc parameter; it is called first
+        // in `main`, before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
 
 fn init_tracing(format: LogFormat) {
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
@@ -42,6 +57,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let code = kmirror::commands::dispatch(cli.command);
