@@ -14,7 +14,7 @@
 //!   asks the flow to restart with fresh clients.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,8 @@ pub(crate) struct FlowConsumerCtx {
     pub(crate) backpressured: AtomicBool,
     /// Time spent in rebalance callbacks so far (a long callback is not a
     /// frozen process).
-    pub(crate) callbacks: Mutex<Duration>,
+    /// (Nanoseconds: read around every `poll`, so an atomic, not a lock.)
+    pub(crate) callbacks: AtomicU64,
     /// Where partitions with no committed offset start.
     pub(crate) start_from: StartFrom,
     /// The lag series set at the last statistics (flow and topic levels).
@@ -93,7 +94,7 @@ impl ClientContext for FlowConsumerCtx {
 impl FlowConsumerCtx {
     /// Time spent in rebalance callbacks so far.
     pub(crate) fn callback_time(&self) -> Duration {
-        self.callbacks.lock().map(|d| *d).unwrap_or_default()
+        Duration::from_nanos(self.callbacks.load(Ordering::Relaxed))
     }
 
     fn producer(&self) -> Option<Producers> {
@@ -475,9 +476,8 @@ impl ConsumerContext for FlowConsumerCtx {
     ) {
         let started = Instant::now();
         self.rebalance_now(consumer, err, tpl);
-        if let Ok(mut d) = self.callbacks.lock() {
-            *d += started.elapsed();
-        }
+        self.callbacks
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 
