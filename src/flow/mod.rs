@@ -83,30 +83,22 @@ const OFFSET_MASK: usize = (1 << OFFSET_BITS) - 1;
 
 use crate::offsets::offset_syncs_topic;
 
-/// Milliseconds since the Unix epoch, from the kernel's coarse clock.
-///
-/// Read once or twice per record (latency histograms, the point timer):
-/// the coarse clocks are a plain read of the vDSO's data page, where the
-/// precise ones also read the TSC, which cost about 8% of the consume
-/// loop's CPU in `kmirror-bench`. Their resolution is one scheduler tick
-/// (1–4 ms), below the latency histograms' first bucket.
+/// Milliseconds since the Unix epoch (the precise clock: the latency
+/// histograms' first buckets are 1 and 2.5 ms, finer than the coarse
+/// clock's tick).
 pub(crate) fn now_ms() -> i64 {
-    #[cfg(target_os = "linux")]
-    {
-        coarse(libc::CLOCK_REALTIME_COARSE).as_millis() as i64
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
-/// A monotonic time from the kernel's coarse clock (see [`now_ms`]), for
-/// the consume loop's freeze check around every `poll`: a resolution of a
-/// few milliseconds against a threshold of seconds.
+/// A monotonic time from the kernel's coarse clock, for the consume loop's
+/// freeze check around every `poll`: a read of the vDSO's data page, where
+/// the precise clock also reads the TSC (see the README's benchmark
+/// section for what two precise reads per record cost). Its resolution,
+/// one scheduler tick (1–4 ms), is far finer than the check's threshold of
+/// seconds.
 pub(crate) fn mono_coarse() -> Duration {
     #[cfg(target_os = "linux")]
     {
