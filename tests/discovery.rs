@@ -240,6 +240,41 @@ fn target_with_fewer_partitions_holds_the_extra_ones() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The operator makes the target topic again, smaller, while all four
+    // partitions are mirrored: records of partitions 2 and 3 have no
+    // partition to go to. They are refused and their partitions stop
+    // (an ERROR and the `stopped` gauge), as for any record the target
+    // refuses; they are not retried for ever, which would stall the flow.
+    // Partitions 0 and 1 go on.
+    let r = futures::executor::block_on(
+        admin.delete_topics(&[&target], &rdkafka::admin::AdminOptions::new()),
+    )
+    .unwrap();
+    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+    dst.create_topic(&target, 2, &[]);
+    src.produce(&topic, &numbered(400, 400, 4));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let t = dst.read_all(&target);
+        let (_, m) = http_get(&listen, "/metrics").unwrap();
+        let stopped = m.contains("kmirror_partitions_paused{flow=\"f\",reason=\"stopped\"} 2");
+        if stopped && (0..2).all(|p| values_of(&t, p).len() >= 100) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the target topic was made again with 2 partitions: partitions 2 and 3 not stopped ({stopped}) or partitions 0 and 1 not mirrored ({} and {} of 100 new records); log:\n{}",
+            values_of(&t, 0).len(),
+            values_of(&t, 1).len(),
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        k.log_text().contains("the target refused a record"),
+        "{}",
+        k.log_text()
+    );
 }
 
 #[test]

@@ -51,9 +51,12 @@ pub(crate) fn record_size<M: Message>(m: &M) -> usize {
 }
 
 /// Errors that mean "not written, may be sent again by a fresh producer"
-/// rather than "the target refuses this record". A target topic or
-/// partition that vanished (deleted by an operator) is recreated by config
-/// sync; its records are sent again then.
+/// rather than "the target refuses this record". A target topic that
+/// vanished (deleted by an operator) is recreated by config sync; its
+/// records are sent again then. A partition the target topic no longer has
+/// (`UnknownPartition`: the topic was made again with fewer partitions
+/// while it was mirrored) is a refusal: the partition stops, like
+/// `forward` does when the producer says so at once.
 fn not_written(code: Option<RDKafkaErrorCode>) -> bool {
     matches!(
         code,
@@ -62,7 +65,6 @@ fn not_written(code: Option<RDKafkaErrorCode>) -> bool {
                 | RDKafkaErrorCode::PurgeInflight
                 | RDKafkaErrorCode::Fatal
                 | RDKafkaErrorCode::MessageTimedOut
-                | RDKafkaErrorCode::UnknownPartition
                 | RDKafkaErrorCode::UnknownTopic
                 | RDKafkaErrorCode::UnknownTopicOrPartition
         )

@@ -1904,22 +1904,12 @@ fn forward<M: Forwardable>(
             slot.not_sent();
             Forwarded::Full(slot.clone())
         }
-        Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), _)) => {
-            // The producer's metadata is older than discovery's: the target
-            // partition was just added (a held partition released), and
-            // librdkafka refreshes topic metadata only every
-            // `topic.metadata.refresh.interval.ms`. Not the record's fault:
-            // the producer asks for the topic's metadata now, and the
-            // record is kept back like one that met a full queue (the retry
-            // sends it).
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), _))
+            if target_partition_may_exist(sh, producer, slot) =>
+        {
+            // Not the record's fault: kept back like a record that met a
+            // full queue (the retry sends it).
             slot.not_sent();
-            debug!(flow = %sh.flow, topic = %slot.target, partition = slot.partition, "target partition unknown to the producer yet; refreshing its metadata");
-            if let Err(e) = producer
-                .client()
-                .fetch_metadata(Some(&slot.target), Duration::from_secs(5))
-            {
-                debug!(flow = %sh.flow, topic = %slot.target, error = %e, "producer metadata refresh failed");
-            }
             Forwarded::Full(slot.clone())
         }
         Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
@@ -1939,6 +1929,38 @@ fn forward<M: Forwardable>(
             );
             slot.set_blocked();
             Forwarded::Done
+        }
+    }
+}
+
+/// After the producer refused a record with a local UnknownPartition: asks
+/// the target for the topic's metadata (which updates the producer's too)
+/// and says whether the partition may exist soon. It does when the
+/// producer's metadata was only older than discovery's (a held partition
+/// released: librdkafka refreshes topic metadata every
+/// `topic.metadata.refresh.interval.ms`), or when the topic is missing
+/// (deleted; config sync recreates it with every partition). It does not
+/// when the topic exists with fewer partitions (made again smaller by an
+/// operator while the partition was mirrored): that record is refused, and
+/// the partition stops, as for any record the target refuses.
+fn target_partition_may_exist(
+    sh: &Shared,
+    producer: &kafka::Polled<DeliveryCtx>,
+    slot: &Slot,
+) -> bool {
+    debug!(flow = %sh.flow, topic = %slot.target, partition = slot.partition, "target partition unknown to the producer; refreshing its metadata");
+    match producer
+        .client()
+        .fetch_metadata(Some(&slot.target), Duration::from_secs(5))
+    {
+        Ok(md) => md
+            .topics()
+            .iter()
+            .find(|t| t.name() == slot.target)
+            .is_none_or(|t| t.error().is_some() || t.partitions().len() > slot.partition as usize),
+        Err(e) => {
+            debug!(flow = %sh.flow, topic = %slot.target, error = %e, "producer metadata refresh failed");
+            true
         }
     }
 }
