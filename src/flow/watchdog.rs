@@ -27,7 +27,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Once, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the watchdog ticks.
 const TICK: Duration = Duration::from_millis(50);
@@ -37,7 +37,10 @@ const KEEP_OVER_MS: u64 = 500;
 const RING: usize = 64;
 
 struct Watchdog {
-    start: Instant,
+    /// [`super::mono_coarse`] at the start: exactly-once reads the clock
+    /// twice per record, so the coarse one (its tick, a few milliseconds,
+    /// is far finer than the limits here).
+    start: Duration,
     /// Milliseconds since `start` at the last tick.
     last_tick: AtomicU64,
     /// How many gaps were recorded (the ring holds the last [`RING`]).
@@ -47,7 +50,7 @@ struct Watchdog {
 
 impl Watchdog {
     fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        super::mono_coarse().saturating_sub(self.start).as_millis() as u64
     }
 }
 
@@ -56,7 +59,7 @@ static STARTED: Once = Once::new();
 
 fn dog() -> &'static Watchdog {
     let d = DOG.get_or_init(|| Watchdog {
-        start: Instant::now(),
+        start: super::mono_coarse(),
         last_tick: AtomicU64::new(0),
         gaps: AtomicU64::new(0),
         ring: std::array::from_fn(|_| AtomicU64::new(0)),
