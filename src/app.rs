@@ -29,12 +29,32 @@ pub const HEARTBEATS_TOPIC: &str = "heartbeats";
 /// before it starts the flows anyway (and goes back to reading reloads).
 const RELOAD_TOPICS_WAIT: Duration = Duration::from_secs(30);
 
+/// One try at creating kmirror's internal topics (those that exist are
+/// kept): the first refusal, in words.
+async fn create_internal_topics(
+    admin: &AdminClient<KContext>,
+    topics: &[(String, &str)],
+) -> Result<(), String> {
+    for (t, policy) in topics {
+        let mut configs = vec![("cleanup.policy", *policy)];
+        if *policy == "delete" {
+            configs.push(("retention.ms", crate::offsets::SYNC_RETENTION_MS));
+        }
+        if let Err(e) = discovery::create_topic(admin, t, 1, -1, &configs).await {
+            return Err(format!("cannot create kmirror's internal topic {t}: {e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Creates the internal topics kmirror writes on the target, retrying
 /// with backoff until it works, `shutdown`, or `limit` (true once they
 /// exist). A target that refuses kmirror (TLS, SASL) or cannot be reached
 /// shows on `/readyz` and in `kmirror_cluster_up` /
 /// `kmirror_cluster_errors_total{cause}`, with one WARN per state that
-/// names the cluster and the cause in words.
+/// names the cluster and the cause in words. A target that answers but
+/// refuses the topics (ACL, topic policy) shows on `/readyz`, with one
+/// WARN.
 async fn ensure_internal_topics(
     config: &Config,
     health: &Health,
@@ -81,45 +101,40 @@ async fn ensure_internal_topics(
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        let mut failed = answered.err();
-        for (t, policy) in topics.iter().filter(|_| failed.is_none()) {
-            let mut configs = vec![("cleanup.policy", *policy)];
-            if *policy == "delete" {
-                configs.push(("retention.ms", crate::offsets::SYNC_RETENTION_MS));
-            }
-            if let Err(e) = discovery::create_topic(&admin, t, 1, -1, &configs)
-                .await
-                .map(|_| ())
-            {
-                let last = admin.inner().context().last_error();
-                failed = Some(
-                    kafka::failure_text(
-                        &format!("cannot create kmirror's internal topic {t}: {e}"),
-                        last.as_deref(),
-                    )
-                    .0,
-                );
-                break;
-            }
-        }
-        match failed {
-            None => {
-                if !reported.is_empty() {
-                    discovery::cluster_ok(health, metrics, "target", &config.target, &mut reported);
+        if let Err(text) = answered {
+            discovery::cluster_failed(
+                health,
+                metrics,
+                "target",
+                &config.target,
+                &text,
+                "retrying with backoff (nothing is mirrored until kmirror's internal topics exist)",
+                &mut reported,
+            );
+            debug!(error = %text, retry_in = ?delay, "internal topics not created yet");
+        } else {
+            // The target answers: it is up, whatever CreateTopics says.
+            discovery::cluster_ok(health, metrics, "target", &config.target, &mut reported);
+            match create_internal_topics(&admin, &topics).await {
+                Ok(()) => {
+                    if reported.remove("internal_topics") {
+                        info!("kmirror's internal topics created on the target");
+                    }
+                    return Ok(true);
                 }
-                return Ok(true);
-            }
-            Some(text) => {
-                discovery::cluster_failed(
-                    health,
-                    metrics,
-                    "target",
-                    &config.target,
-                    &text,
-                    "retrying with backoff (nothing is mirrored until kmirror's internal topics exist)",
-                    &mut reported,
-                );
-                debug!(error = %text, retry_in = ?delay, "internal topics not created yet");
+                Err(text) => {
+                    // Reachable, but refused (ACL, topic policy): /readyz
+                    // says so; not counted as a connection error.
+                    let why = format!(
+                        "target cluster {} at {}: {text}",
+                        config.target.alias, config.target.bootstrap_servers
+                    );
+                    health.set_cluster("target", Err(why.clone()));
+                    if reported.insert("internal_topics".into()) {
+                        warn!("{why}; retrying with backoff (nothing is mirrored until kmirror's internal topics exist)");
+                    }
+                    debug!(error = %text, retry_in = ?delay, "internal topics not created yet");
+                }
             }
         }
         let mut wait = delay;
