@@ -92,11 +92,8 @@ async fn ensure_internal_topics(
     loop {
         let p = probe.clone();
         let answered = tokio::task::spawn_blocking(move || {
-            kafka::brokers::answer(p.client(), Duration::from_secs(10)).map_err(|e| {
-                // Serve the log events queued meanwhile (they say why).
-                let _ = p.poll(Duration::from_millis(100));
-                kafka::failure_text(&e, p.context().last_error().as_deref()).0
-            })
+            kafka::brokers::answer(p.client(), Duration::from_secs(10))
+                .map_err(|e| kafka::failure_of(&p, &e))
         })
         .await
         .map_err(|e| e.to_string())

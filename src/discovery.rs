@@ -168,11 +168,9 @@ pub fn list_topics(
     consumer: &BaseConsumer<KContext>,
     timeout: Duration,
 ) -> Result<BTreeMap<String, i32>, String> {
-    let md = consumer.fetch_metadata(None, timeout).map_err(|e| {
-        // Serve the log and error events queued meanwhile (they say why).
-        let _ = consumer.poll(Duration::from_millis(100));
-        kafka::failure_text(&e.to_string(), consumer.context().last_error().as_deref()).0
-    })?;
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| kafka::failure_of(consumer, &e.to_string()))?;
     Ok(md
         .topics()
         .iter()

@@ -423,6 +423,14 @@ pub fn explain(text: &str) -> Option<&'static str> {
     cause_of(text).map(Cause::words)
 }
 
+/// A failed request of `consumer`'s, in words: serves the log and error
+/// events queued meanwhile (they often say why, e.g. a TLS or SASL
+/// refusal) and puts the cause first when it is known ([`failure_text`]).
+pub fn failure_of(consumer: &BaseConsumer<KContext>, err: &str) -> String {
+    let _ = consumer.poll(Duration::from_millis(100));
+    failure_text(err, consumer.context().last_error().as_deref()).0
+}
+
 /// A failed request's error (`err`) with the client's last error: the
 /// cause in words first when it is known.
 pub fn failure_text(err: &str, last: Option<&str>) -> (String, Option<Cause>) {
