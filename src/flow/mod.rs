@@ -1695,7 +1695,15 @@ impl FlowLoop {
                     }
                     return;
                 }
-                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => return,
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
+                    if retries > 0 {
+                        // Committed by the revoke callback meanwhile, or
+                        // the partitions moved (a loss is logged by the
+                        // callback itself).
+                        debug!(flow = %flow, retries, "final commit: nothing left to commit after the group's rebalance");
+                    }
+                    return;
+                }
                 Err(e) => e,
             };
             let rebalancing = matches!(
