@@ -15,7 +15,7 @@
 //!
 //! - kill -9 of a kmirror process, restarted 1–3 s later;
 //! - SIGTERM of a kmirror process (half of the time right after a burst
-//!   started, so that its queues are full), which must exit 0 within
+//!   started, which can fill its 1 MiB producer queue), which must exit 0 within
 //!   `shutdown_timeout` + 10 s; restarted;
 //! - a crash (SIGKILL) of the target broker, restarted 5–20 s later on the
 //!   same port and sqlite file;
@@ -118,6 +118,12 @@ const TARGET_INTERNAL: [(&str, &str); 4] = [
 ];
 /// `[runtime] shutdown_timeout` of the kmirror processes.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// `[runtime] producer_queue_kbytes` of the kmirror processes: 1 MiB, so
+/// that a burst or a target outage fills the producer queue (the default,
+/// 32 MiB, holds minutes of this load) and SIGTERM, freezes and kills meet
+/// the backpressure path.
+const PRODUCER_QUEUE_KBYTES: u64 = 1024;
+
 /// A SIGTERM'd process must be gone within `shutdown_timeout` + this.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Source consumer session timeout of the kmirror processes, so that a
@@ -1399,7 +1405,7 @@ fn write_config(path: &Path, source: &str, target: &str, extra: bool) -> Result<
          [target]\nalias = \"{TARGET_ALIAS}\"\nbootstrap_servers = \"{target}\"\n\n\
          [target.properties]\n\"session.timeout.ms\" = \"{SESSION_TIMEOUT_MS}\"\n\n\
          [http]\nlisten = \"\"\n\n\
-         [runtime]\nshutdown_timeout = \"{}s\"\n\n",
+         [runtime]\nshutdown_timeout = \"{}s\"\nproducer_queue_kbytes = {PRODUCER_QUEUE_KBYTES}\n\n",
         if extra {
             "with the added flow"
         } else {
