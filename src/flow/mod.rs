@@ -1629,10 +1629,24 @@ impl FlowLoop {
         let slots: Vec<Arc<Slot>> = sh.assigned().into_iter().map(|(_, s)| s).collect();
         let frozen =
             matches!(exit, Exit::Restart("frozen", _)) && sh.delivery == Delivery::ExactlyOnce;
+        // The drain can outlast `max.poll.interval.ms` (a target that is
+        // down: the drain's timeout, then the purge's wait): the consumer
+        // is polled meanwhile so that the member is not put out of its
+        // group while it still holds records. A record such a poll returns
+        // is dropped: not forwarded, and not committed (the positions come
+        // from the ledgers), so it is read again.
+        let consumer = &self.consumer;
+        let mut polled = Instant::now();
+        let mut keep_polling = || {
+            if polled.elapsed() >= Duration::from_millis(500) {
+                let _ = consumer.poll(Duration::ZERO);
+                polled = Instant::now();
+            }
+        };
         if frozen {
             // The partitions may belong to another member already: nothing
             // queued may land now (see `watchdog`), and nothing is drained.
-            purge(&sh, &self.producers, &slots);
+            purge(&sh, &self.producers, &slots, &mut keep_polling);
         } else if !drain_or_purge(
             &sh,
             &self.producers,
@@ -1640,6 +1654,7 @@ impl FlowLoop {
             timeout,
             Duration::from_secs(5),
             true,
+            &mut keep_polling,
         ) {
             warn!(flow = %flow, "the target did not acknowledge everything before the deadline; the rest was purged and is not committed (it will be mirrored again)");
         }
@@ -1728,15 +1743,19 @@ impl FlowLoop {
 
 /// Waits until `slots` have nothing in flight, records nor points (the
 /// points are handed over meanwhile); false at the deadline. Reports are
-/// served by the producers' own threads only (see [`delivery`]).
+/// served by the producers' own threads only (see [`delivery`]). `tick`
+/// runs on every turn (the flow's own stop uses it to keep polling its
+/// consumer, see [`FlowLoop::finish`]).
 fn drain(
     sh: &Shared,
     producers: &Producers,
     slots: &[Arc<Slot>],
     deadline: Instant,
     every_point: bool,
+    tick: &mut dyn FnMut(),
 ) -> bool {
     loop {
+        tick();
         produce_syncs(sh, &producers.points, deadline);
         if slots.iter().all(|s| s.quiet())
             && (!every_point
@@ -1785,8 +1804,16 @@ fn drain_or_purge(
     timeout: Duration,
     points_wait: Duration,
     every_point: bool,
+    tick: &mut dyn FnMut(),
 ) -> bool {
-    let mut drained = drain(sh, producers, slots, Instant::now() + timeout, every_point);
+    let mut drained = drain(
+        sh,
+        producers,
+        slots,
+        Instant::now() + timeout,
+        every_point,
+        tick,
+    );
     if drained {
         sh.idle_points(slots, true);
         drained = drain(
@@ -1795,10 +1822,11 @@ fn drain_or_purge(
             slots,
             Instant::now() + points_wait,
             every_point,
+            tick,
         );
     }
     if !drained {
-        purge(sh, producers, slots);
+        purge(sh, producers, slots, tick);
     }
     drained
 }
@@ -1807,7 +1835,7 @@ fn drain_or_purge(
 /// queued can no longer land after the partitions move (a request already
 /// on the wire can). Waits briefly for the purged records' reports, so that
 /// `slots`' ledgers are blocked at the first of them.
-fn purge(sh: &Shared, producers: &Producers, slots: &[Arc<Slot>]) {
+fn purge(sh: &Shared, producers: &Producers, slots: &[Arc<Slot>], tick: &mut dyn FnMut()) {
     sh.halt();
     producers.purge_all();
     let _ = drain(
@@ -1816,6 +1844,7 @@ fn purge(sh: &Shared, producers: &Producers, slots: &[Arc<Slot>]) {
         slots,
         Instant::now() + Duration::from_secs(5),
         false,
+        tick,
     );
 }
 

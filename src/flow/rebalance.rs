@@ -353,7 +353,7 @@ impl FlowConsumerCtx {
         // or committed for them: purge at once and restart the flow.
         if consumer.assignment_lost() {
             if let Some(p) = self.producer() {
-                purge(sh, &p, &slots);
+                purge(sh, &p, &slots, &mut || {});
             }
             error!(flow = %sh.flow, partitions = tpl.count(), "partitions lost: this process did not answer its group within the session timeout (frozen or cut off) and they moved to another member; queued records were purged, nothing more is committed for them, and the flow restarts with fresh clients");
             sh.request_restart(
@@ -377,7 +377,8 @@ impl FlowConsumerCtx {
             // flow restarts so that the partitions kept resume from what was
             // written.
             let wait = self.drain_timeout.min(Duration::from_secs(10));
-            if !drain_or_purge(sh, &p, &slots, self.drain_timeout, wait, false) {
+            // (Inside `poll`: the consumer cannot be polled here.)
+            if !drain_or_purge(sh, &p, &slots, self.drain_timeout, wait, false, &mut || {}) {
                 error!(flow = %sh.flow, partitions = tpl.count(), timeout = ?self.drain_timeout, "revoke: the target did not acknowledge the revoked partitions' records in time; the producer's queue was purged (nothing not acknowledged is committed) and the flow restarts with fresh clients");
                 sh.request_restart(
                     "purged",
