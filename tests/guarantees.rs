@@ -385,18 +385,25 @@ fn a_target_outage_longer_than_the_poll_interval_keeps_the_member_and_the_copy_e
 /// queued): the producer's queue is purged before the partitions move and
 /// the flow restarts, so nothing queued by the old owner lands after the
 /// new owner derived its position. Exactly-once stays exact.
+///
+/// The new member is a plain consumer of the test's in kmirror's group: a
+/// kmirror process (or flow) that starts while the target is down waits
+/// for it before it joins, so it could not take partitions from A then.
 #[test]
 fn a_revoke_whose_drain_times_out_purges_before_the_partitions_move() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
     let src = Broker::start(&unique("src"));
     let mut dst = Broker::start_sqlite(&unique("dst"));
     let topic = unique("revoke");
     src.create_topic(&topic, 4, &[]);
     let dir = tempfile::tempdir().unwrap();
+    // Session 10 s: exactly-once records queued in A expire after 8 s
+    // (session - heartbeat - 1 s), well after A's revoke gave up (2 s).
     let text = format!(
-        "[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n{}",
+        "[source.properties]\n\"session.timeout.ms\" = \"10000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n{}",
         flow(
             &topic,
-            "delivery = \"exactly-once\"\n\n[runtime]\nshutdown_timeout = \"3s\"\n"
+            "delivery = \"exactly-once\"\n\n[runtime]\nshutdown_timeout = \"2s\"\n"
         )
     );
     let cfg = write_config(dir.path(), &src, &dst, &text);
@@ -404,17 +411,36 @@ fn a_revoke_whose_drain_times_out_purges_before_the_partitions_move() {
     let target = format!("src.{topic}");
     src.produce(&topic, &numbered(0, 4000, 4));
     wait_count(&dst, &target, 4000, Duration::from_secs(60), &a);
-    // The target goes down with records queued in A; then B joins, and A's
-    // revoke cannot drain within its 3 s.
+    // The target goes down with records queued in A; then the new member
+    // joins, and A's revoke cannot drain within its 2 s.
     dst.kill();
     src.produce(&topic, &numbered(4000, 8000, 4));
-    std::thread::sleep(Duration::from_secs(2));
-    let b = KmirrorProc::start(&cfg, &dir.path().join("b.log"));
-    // B joins (the rebalance starts within a heartbeat) and A's revoke
-    // gives up after 3 s; then the target comes back.
-    std::thread::sleep(Duration::from_secs(12));
+    std::thread::sleep(Duration::from_secs(1));
+    let member: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", src.bootstrap())
+        .set("group.id", "kmirror.src.dst.f")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("enable.auto.commit", "false")
+        .set("log_level", "0")
+        .create()
+        .unwrap();
+    member.subscribe(&[&topic]).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let mut got = 0;
+    while std::time::Instant::now() < until {
+        if let Some(Ok(_)) = member.poll(Duration::from_millis(100)) {
+            got += 1;
+        }
+    }
+    assert!(
+        member.assignment().unwrap().count() > 0,
+        "the test's member got no partition ({got} records)"
+    );
+    // It leaves without committing; the target comes back.
+    drop(member);
     dst.restart();
-    wait_count(&dst, &target, 12_000, Duration::from_secs(120), &b);
+    wait_count(&dst, &target, 12_000, Duration::from_secs(120), &a);
     std::thread::sleep(Duration::from_secs(3));
     assert_exact_copy(&src, &topic, &dst, &target);
     let log = a.log_text();
